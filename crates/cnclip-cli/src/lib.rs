@@ -1,0 +1,131 @@
+//! Shared plumbing for the `cnclip`, `cnclip-index` and `cnclip-search` binaries: model
+//! resolution with a progress bar, error printing, broken-pipe handling.
+//!
+//! The binaries stay thin: they parse arguments, call into `cnclip-model` / `cnclip-index` /
+//! `cnclip-search`, and print.
+
+pub mod bench;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use cnclip_model::model::ChineseClip;
+use cnclip_model::zoo::{self, DownloadProgress, Resolver};
+
+/// Compute precision on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats (the reference's precision).
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Precision {
+    /// The candle dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// Resolves a `--model` argument (zoo name or path) to a local file, downloading it with a
+/// progress bar if needed.
+pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+    let spec = zoo::parse_model_arg(arg)?;
+    let resolver = Resolver::from_env();
+    Ok(resolver.resolve(&spec, &Bar::default())?)
+}
+
+/// Resolves and loads a model on the CPU.
+pub fn load_model(arg: &str, precision: Precision) -> Result<ChineseClip> {
+    let path = resolve_model(arg)?;
+    ChineseClip::load(&path, &Device::Cpu, precision.dtype())
+        .with_context(|| format!("cannot load model {}", path.display()))
+}
+
+/// `cnclip convert`: any supported checkpoint → `model.safetensors` + `config.json`.
+pub fn convert(model: &str, out: &Path) -> Result<()> {
+    let path = resolve_model(model)?;
+    let ck = cnclip_model::weights::load(&path)?;
+    cnclip_model::weights::check_complete(&ck)?;
+    cnclip_model::weights::save_hf(&ck, out)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `cnclip models`: the zoo, sizes, and where each model resolves from right now.
+pub fn list_models(json: bool) -> Result<()> {
+    use std::io::Write;
+    let resolver = Resolver::from_env();
+    let mut out = std::io::stdout().lock();
+    for status in resolver.describe() {
+        let r = if json {
+            writeln!(out, "{}", serde_json::to_string(&status)?)
+        } else {
+            writeln!(out, "{status}")
+        };
+        stdout_ok(r)?;
+    }
+    Ok(())
+}
+
+/// Treats a closed stdout (`cnclip … | head`) as success, like ripgrep does.
+pub fn stdout_ok(r: std::io::Result<()>) -> Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+/// Prints `error: …` with the whole cause chain and returns the failure exit code.
+pub fn print_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    ExitCode::from(1)
+}
+
+/// A download progress bar on stderr when it is a terminal; silent otherwise.
+#[derive(Default)]
+struct Bar {
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl DownloadProgress for Bar {
+    fn start(&self, url: &str, total: Option<u64>) {
+        eprintln!("downloading {url}");
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let bar = match total {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("static template"),
+        );
+        *self.bar.lock().expect("progress lock") = Some(bar);
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = self.bar.lock().expect("progress lock").as_ref() {
+            b.inc(bytes);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = self.bar.lock().expect("progress lock").take() {
+            b.finish_and_clear();
+        }
+    }
+}

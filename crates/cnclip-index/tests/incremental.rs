@@ -1,0 +1,234 @@
+//! Incremental builds: only what changed is embedded; renames and copies reuse vectors; deletions
+//! are removed; identity and format checks refuse what cannot be read.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use cnclip_index::{
+    BuildSummary, Error, FakeEmbedder, ImageEmbedder, Index, Indexer, Silent,
+};
+use common::{canon, png};
+
+fn build(index: &mut Index, dir: &Path, e: &FakeEmbedder) -> BuildSummary {
+    let s = Indexer::new(index).build(dir, e, &Silent).unwrap();
+    let v = index.verify().unwrap();
+    assert!(v.is_ok(), "verify: {:?}", v.problems);
+    s
+}
+
+fn set_mtime(p: &Path, secs_ago: u64) {
+    let t = SystemTime::now() - Duration::from_secs(secs_ago);
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+#[test]
+fn add_modify_rename_delete_copy_touch() {
+    let photos = tempfile::tempdir().unwrap();
+    let idx = tempfile::tempdir().unwrap();
+    let p = photos.path();
+    let a = png(p, "a.png", 1);
+    let b = png(p, "b.png", 2);
+    let c = png(p, "sub/c.png", 3);
+    let e = FakeEmbedder::new(16);
+    let mut index = Index::create(&idx.path().join("i"), &e.identity()).unwrap();
+
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.unchanged, s.removed, s.total, s.embedded), (3, 0, 0, 3, 3));
+    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+
+    // Nothing changed: nothing read, nothing embedded.
+    let calls = e.calls();
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.unchanged, s.removed, s.total, s.embedded), (0, 3, 0, 3, 0));
+    assert_eq!(e.calls(), calls, "an unchanged folder must not call the model");
+
+    // New file.
+    png(p, "d.png", 4);
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.unchanged, s.embedded, s.total), (1, 3, 1, 4));
+
+    // Modified content (new pixels; mtime moved so the change is seen even at equal size).
+    png(p, "a.png", 5);
+    set_mtime(&a, 5);
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.embedded, s.total), (1, 1, 4));
+    assert_eq!(index.status().unwrap().vectors, 4, "the old vector of a.png is gone");
+
+    // Rename / move: same content under a new path, no embedding.
+    let moved = p.join("sub/moved.png");
+    fs::rename(&b, &moved).unwrap();
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.removed, s.embedded, s.total), (1, 1, 0, 4));
+    assert!(index.record(&canon(&moved)).unwrap().is_some());
+    assert!(index.record(&canon(p).join("b.png")).unwrap().is_none());
+
+    // Delete.
+    fs::remove_file(&c).unwrap();
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.removed, s.embedded, s.total), (0, 1, 0, 3));
+    assert_eq!(index.status().unwrap().vectors, 3);
+
+    // Copy: identical content under two paths is one vector.
+    fs::copy(p.join("d.png"), p.join("d-copy.png")).unwrap();
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.embedded, s.total), (1, 0, 4));
+    let st = index.status().unwrap();
+    assert_eq!((st.images, st.vectors), (4, 3));
+
+    // Touch: mtime moves, content does not: read and hashed, not embedded, not "indexed".
+    set_mtime(&moved, 100);
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.unchanged, s.embedded), (0, 4, 0));
+    let rec = index.record(&canon(&moved)).unwrap().unwrap();
+    let now = fs::metadata(&moved).unwrap().modified().unwrap();
+    let ns = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    assert_eq!(rec.mtime_ns, ns, "the new mtime is recorded");
+
+    // Removing one of two identical files keeps the shared vector; removing both drops it.
+    fs::remove_file(p.join("d.png")).unwrap();
+    build(&mut index, p, &e);
+    assert_eq!(index.status().unwrap().vectors, 3);
+    fs::remove_file(p.join("d-copy.png")).unwrap();
+    build(&mut index, p, &e);
+    let st = index.status().unwrap();
+    assert_eq!((st.images, st.vectors), (2, 2));
+}
+
+#[test]
+fn identical_content_in_one_batch_is_embedded_once() {
+    let photos = tempfile::tempdir().unwrap();
+    let idx = tempfile::tempdir().unwrap();
+    let p = photos.path();
+    png(p, "x.png", 7);
+    for i in 0..5 {
+        fs::copy(p.join("x.png"), p.join(format!("x{i}.png"))).unwrap();
+    }
+    png(p, "y.png", 8);
+    let e = FakeEmbedder::new(16);
+    let mut index = Index::create(idx.path(), &e.identity()).unwrap();
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.embedded, s.total), (7, 2, 7));
+    assert_eq!(e.embedded(), 2);
+    assert_eq!(index.status().unwrap().vectors, 2);
+}
+
+#[test]
+fn only_the_built_folder_is_pruned() {
+    let photos = tempfile::tempdir().unwrap();
+    let idx = tempfile::tempdir().unwrap();
+    let p = photos.path();
+    png(p, "one/a.png", 1);
+    png(p, "two/b.png", 2);
+    let e = FakeEmbedder::new(16);
+    let mut index = Index::create(idx.path(), &e.identity()).unwrap();
+    build(&mut index, &p.join("one"), &e);
+    let s = build(&mut index, &p.join("two"), &e);
+    assert_eq!((s.indexed, s.removed, s.total), (1, 0, 2), "one/ is not under two/");
+    // A sibling whose name extends the root's is not under it either.
+    png(p, "one-more/c.png", 3);
+    build(&mut index, &p.join("one-more"), &e);
+    fs::remove_file(p.join("one-more/c.png")).unwrap();
+    let s = build(&mut index, &p.join("one"), &e);
+    assert_eq!((s.removed, s.total), (0, 3));
+}
+
+#[test]
+fn wrong_model_is_refused_with_advice() {
+    let photos = tempfile::tempdir().unwrap();
+    let idx = tempfile::tempdir().unwrap();
+    png(photos.path(), "a.png", 1);
+    let e = FakeEmbedder::new(16).with_model("ViT-B-16");
+    let mut index = Index::create(idx.path(), &e.identity()).unwrap();
+    build(&mut index, photos.path(), &e);
+    drop(index);
+
+    let other = FakeEmbedder::new(16).with_model("RN50");
+    let err = Index::open_for(idx.path(), &other.identity()).unwrap_err();
+    assert!(matches!(err, Error::IdentityMismatch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("built with ViT-B-16"), "{msg}");
+    assert!(msg.contains("--model ViT-B-16"), "{msg}");
+    assert!(msg.contains("--index"), "{msg}");
+
+    let wider = FakeEmbedder::new(32).with_model("ViT-B-16");
+    assert!(matches!(
+        Index::open_or_create(idx.path(), &wider.identity()),
+        Err(Error::IdentityMismatch { .. })
+    ));
+
+    // Opened without a model, building with the wrong one is refused too.
+    let mut index = Index::open(idx.path()).unwrap();
+    let err = Indexer::new(&mut index)
+        .build(photos.path(), &other, &Silent)
+        .unwrap_err();
+    assert!(matches!(err, Error::IdentityMismatch { .. }));
+    assert_eq!(other.calls(), 0);
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let idx = tempfile::tempdir().unwrap();
+    let e = FakeEmbedder::new(8);
+    drop(Index::create(idx.path(), &e.identity()).unwrap());
+    cnclip_index::__set_format_version(idx.path(), 99).unwrap();
+    let err = Index::open(idx.path()).unwrap_err();
+    assert!(
+        matches!(err, Error::UnsupportedFormat { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer cnclip"), "{err}");
+    cnclip_index::__set_format_version(idx.path(), 0).unwrap();
+    let err = Index::open(idx.path()).unwrap_err();
+    assert!(err.to_string().contains("rebuild"), "{err}");
+}
+
+#[test]
+fn second_writer_is_refused_while_first_holds_the_index() {
+    let idx = tempfile::tempdir().unwrap();
+    let e = FakeEmbedder::new(8);
+    let _first = Index::create(idx.path(), &e.identity()).unwrap();
+    let err = Index::open(idx.path()).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+}
+
+#[test]
+fn not_an_index_and_not_empty() {
+    let d = tempfile::tempdir().unwrap();
+    assert!(matches!(Index::open(d.path()), Err(Error::NotAnIndex { .. })));
+    fs::write(d.path().join("notes.txt"), "x").unwrap();
+    let e = FakeEmbedder::new(8);
+    assert!(matches!(
+        Index::create(d.path(), &e.identity()),
+        Err(Error::NotEmpty { .. })
+    ));
+}
+
+#[test]
+fn default_index_path_follows_the_environment() {
+    // One test touches these variables, so there is no race between tests.
+    std::env::set_var("CNCLIP_INDEX", "/tmp/x-index");
+    assert_eq!(
+        cnclip_index::default_index_path().unwrap(),
+        Path::new("/tmp/x-index")
+    );
+    std::env::remove_var("CNCLIP_INDEX");
+    std::env::set_var("XDG_DATA_HOME", "/data");
+    assert_eq!(
+        cnclip_index::default_index_path().unwrap(),
+        Path::new("/data/cnclip/index")
+    );
+    std::env::remove_var("XDG_DATA_HOME");
+    std::env::set_var("HOME", "/home/u");
+    assert_eq!(
+        cnclip_index::default_index_path().unwrap(),
+        Path::new("/home/u/.local/share/cnclip/index")
+    );
+}

@@ -1,0 +1,292 @@
+//! The Chinese-CLIP model: image tower, text tower, projections and `logit_scale`.
+//!
+//! [`ChineseClip::encode_images`] and [`ChineseClip::encode_texts`] return **unnormalised**
+//! features, exactly like cn_clip's `encode_image` / `encode_text`; the `*_normalized` helpers
+//! L2-normalise them. Similarity is `logit_scale.exp() × cosine`, zero-shot probabilities are its
+//! softmax over labels. Inference is always deterministic (no dropout: cn_clip keeps dropout on
+//! unless `.eval()` is called).
+
+pub mod bert;
+pub mod ops;
+pub mod resnet;
+pub mod vit;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::{ClipConfig, VisionConfig};
+use crate::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
+use crate::{Error, Result};
+
+/// The image tower of either family.
+#[derive(Debug, Clone)]
+pub enum VisionTower {
+    /// Vision Transformer (ViT-B-16, ViT-L-14, ViT-L-14-336, ViT-H-14).
+    Vit(vit::VisionTransformer),
+    /// ModifiedResNet (RN50).
+    Resnet(resnet::ModifiedResNet),
+}
+
+impl VisionTower {
+    fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            VisionTower::Vit(t) => t.forward(pixels),
+            VisionTower::Resnet(t) => t.forward(pixels),
+        }
+    }
+}
+
+/// A loaded Chinese-CLIP model.
+#[derive(Debug, Clone)]
+pub struct ChineseClip {
+    config: ClipConfig,
+    vision: VisionTower,
+    text: bert::TextTransformer,
+    logit_scale: f32,
+    device: Device,
+    dtype: DType,
+}
+
+impl ChineseClip {
+    /// Loads a checkpoint in any supported format (official `.pt`, Hugging Face directory,
+    /// safetensors; see [`crate::weights`]), checks that every tensor is present with its exact
+    /// shape, and builds the model in `dtype` on `device`.
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<ChineseClip> {
+        let ck = crate::weights::load(path)?;
+        crate::weights::check_complete(&ck)?;
+        ChineseClip::from_tensors(ck.config, ck.tensors, device, dtype)
+    }
+
+    /// Builds the model from tensors in canonical (cn_clip state-dict) names, converted to `dtype`
+    /// on `device`. Every tensor the configuration needs must be present with its exact shape;
+    /// a missing or mis-shaped tensor is an error naming it.
+    pub fn from_tensors(
+        config: ClipConfig,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<ChineseClip> {
+        let logit_scale = tensors
+            .get("logit_scale")
+            .ok_or_else(|| Error::InvalidInput("tensor logit_scale is missing".into()))?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .get(0)?
+            .to_scalar::<f32>()?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        let vision = match &config.vision {
+            VisionConfig::Vit(c) => VisionTower::Vit(vit::VisionTransformer::new(
+                vb.pp("visual"),
+                c,
+                config.embed_dim,
+            )?),
+            VisionConfig::Resnet(c) => VisionTower::Resnet(resnet::ModifiedResNet::new(
+                vb.pp("visual"),
+                c,
+                config.embed_dim,
+            )?),
+        };
+        let text =
+            bert::TextTransformer::new(vb.pp("bert"), vb.clone(), &config.text, config.embed_dim)?;
+        Ok(ChineseClip {
+            config,
+            vision,
+            text,
+            logit_scale,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// Input side length images must be preprocessed to.
+    pub fn image_size(&self) -> usize {
+        self.config.image_size()
+    }
+
+    /// Width of the embeddings.
+    pub fn embed_dim(&self) -> usize {
+        self.config.embed_dim
+    }
+
+    /// The learned temperature, `logit_scale` (before `exp`).
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype the model computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// `[batch, 3, S, S]` normalised pixels → `[batch, embed_dim]` unnormalised f32 features.
+    pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
+        let s = self.image_size();
+        let (_, c, h, w) = pixels.dims4()?;
+        if (c, h, w) != (3, s, s) {
+            return Err(Error::InvalidInput(format!(
+                "image batch has shape [_, {c}, {h}, {w}], the model needs [_, 3, {s}, {s}]"
+            )));
+        }
+        let pixels = pixels.to_device(&self.device)?;
+        Ok(self.vision.forward(&pixels)?.to_dtype(DType::F32)?)
+    }
+
+    /// Preprocessed images (each `3·S·S` CHW floats, see [`crate::preprocess`]) → unnormalised
+    /// features, one row per image.
+    pub fn encode_image_data(&self, images: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = self.image_size();
+        let n = 3 * s * s;
+        if let Some(bad) = images.iter().find(|d| d.len() != n) {
+            return Err(Error::InvalidInput(format!(
+                "preprocessed image has {} values, the model needs 3×{s}×{s} = {n}",
+                bad.len()
+            )));
+        }
+        let flat: Vec<f32> = images.concat();
+        let pixels = Tensor::from_vec(flat, (images.len(), 3, s, s), &Device::Cpu)?;
+        Ok(self.encode_images(&pixels)?.to_vec2()?)
+    }
+
+    /// Token ids `[batch, len]` (u32, 0 = padding) → unnormalised f32 features.
+    pub fn encode_token_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, l) = ids.dims2()?;
+        if l > self.text.max_len() {
+            return Err(Error::InvalidInput(format!(
+                "token sequence of length {l} exceeds the model's {} positions",
+                self.text.max_len()
+            )));
+        }
+        let ids = ids.to_device(&self.device)?;
+        Ok(self.text.forward(&ids)?.to_dtype(DType::F32)?)
+    }
+
+    /// Texts → unnormalised features, tokenized like `cn_clip.clip.tokenize(texts)` (context 52).
+    /// The batch is trimmed to its longest sequence: padding is masked with an additive −10000
+    /// whose `exp` is exactly 0, so the result is the same as with full padding, for far less work.
+    pub fn encode_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.encode_texts_with_context(texts, DEFAULT_CONTEXT_LENGTH)
+    }
+
+    /// [`ChineseClip::encode_texts`] with an explicit context length.
+    pub fn encode_texts_with_context(
+        &self,
+        texts: &[&str],
+        context_length: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tok = Tokenizer::chinese();
+        let rows: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| tok.encode(t, context_length))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let longest = rows
+            .iter()
+            .map(|r| r.iter().rposition(|&id| id != 0).map_or(0, |p| p + 1))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let flat: Vec<u32> = rows
+            .iter()
+            .flat_map(|r| r[..longest].iter().copied())
+            .collect();
+        let ids = Tensor::from_vec(flat, (rows.len(), longest), &Device::Cpu)?;
+        Ok(self.encode_token_ids(&ids)?.to_vec2()?)
+    }
+
+    /// [`ChineseClip::encode_image_data`], L2-normalised.
+    pub fn encode_image_data_normalized(&self, images: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .encode_image_data(images)?
+            .into_iter()
+            .map(l2_normalized)
+            .collect())
+    }
+
+    /// [`ChineseClip::encode_texts`], L2-normalised.
+    pub fn encode_texts_normalized(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .encode_texts(texts)?
+            .into_iter()
+            .map(l2_normalized)
+            .collect())
+    }
+
+    /// `logit_scale.exp() × cosine` for every (image, text) pair: `[images, texts]`, like
+    /// cn_clip's `get_similarity` (`logits_per_image`). Inputs may be unnormalised.
+    pub fn similarity(
+        &self,
+        image_features: &[Vec<f32>],
+        text_features: &[Vec<f32>],
+    ) -> Vec<Vec<f32>> {
+        let scale = self.logit_scale.exp();
+        let texts: Vec<Vec<f32>> = text_features.iter().cloned().map(l2_normalized).collect();
+        image_features
+            .iter()
+            .map(|i| {
+                let i = l2_normalized(i.clone());
+                texts.iter().map(|t| scale * dot(&i, t)).collect()
+            })
+            .collect()
+    }
+
+    /// Zero-shot classification: for each image, the softmax over `labels` of
+    /// `logit_scale.exp() × cosine(image, label text)`.
+    pub fn classify(&self, images: &[Vec<f32>], labels: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if labels.is_empty() {
+            return Err(Error::InvalidInput(
+                "zero-shot classification needs at least one label".into(),
+            ));
+        }
+        let image_features = self.encode_image_data(images)?;
+        let text_features = self.encode_texts(labels)?;
+        Ok(self
+            .similarity(&image_features, &text_features)
+            .into_iter()
+            .map(|row| softmax(&row))
+            .collect())
+    }
+}
+
+/// Returns `v / ‖v‖` (a zero vector stays zero).
+pub fn l2_normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Normalises rows of a `[n, d]` tensor to unit L2 norm.
+pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
+}

@@ -1,0 +1,232 @@
+//! cn_clip's `image_transform(S)`, reproduced exactly.
+//!
+//! cn_clip (`clip/utils.py`) preprocesses with torchvision:
+//! `Resize((S, S), BICUBIC)` on the image as PIL opened it (aspect ratio squashed, no centre crop),
+//! `convert("RGB")`, `ToTensor()` (÷255) and `Normalize(CLIP_MEAN, CLIP_STD)`. The resize is PIL's
+//! fixed-point bicubic, done in the image's own mode, and this module replicates it operation for
+//! operation (Pillow 13.0's `Resample.c`): on lossless inputs the 8-bit RGB it produces is identical to
+//! PIL's, byte for byte, for `RGB`, `RGBA`, `L`, `LA`, `P`, `1`, `CMYK` and `I;16` images.
+//!
+//! Decoding uses the `image` crate. Lossless formats decode to the same pixels as PIL's; JPEG decoders
+//! differ by a few levels on some pixels (`image`'s zune-jpeg vs PIL's libjpeg-turbo), which the
+//! resize mostly averages away. Two deliberate differences from cn_clip, both options:
+//! EXIF orientation is applied by default (cn_clip ignores it, so a portrait photo from a phone is
+//! embedded lying on its side), and images above [`DEFAULT_MAX_PIXELS`] are refused before decoding.
+//!
+//! ```no_run
+//! use cnclip_model::preprocess::{preprocess_path, PreprocessOptions};
+//!
+//! let opts = PreprocessOptions { size: 224, ..PreprocessOptions::default() };
+//! let chw = preprocess_path("photo.jpg".as_ref(), &opts)?; // 3 * 224 * 224 floats, CHW
+//! assert_eq!(chw.len(), 3 * 224 * 224);
+//! # Ok::<(), cnclip_model::preprocess::ImageError>(())
+//! ```
+
+mod convert;
+mod decode;
+mod resample;
+mod source;
+
+use std::path::{Path, PathBuf};
+
+pub use source::{PixelMode, SourceImage};
+
+/// Per-channel mean of `Normalize` in cn_clip's `image_transform` (OpenAI CLIP's values).
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// Per-channel standard deviation of `Normalize` in cn_clip's `image_transform`.
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// PIL's decompression-bomb threshold: `Image.open` raises `DecompressionBombError` above
+/// `2 * MAX_IMAGE_PIXELS`, where `MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3 = 89_478_485`.
+pub const DEFAULT_MAX_PIXELS: u64 = 2 * (1024 * 1024 * 1024 / 4 / 3);
+
+/// How images are loaded and preprocessed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreprocessOptions {
+    /// Output side `S`: images are resized to `S x S` (224 for most models, 336 for ViT-L-14-336).
+    pub size: usize,
+    /// Apply the EXIF orientation (1–8) before resizing, so the model sees the photo upright as a
+    /// person does (`PIL.ImageOps.exif_transpose`). cn_clip itself does not: set `false` for its exact
+    /// behaviour.
+    pub exif_orientation: bool,
+    /// Largest `width * height` accepted, checked from the header before any pixel is decoded.
+    pub max_pixels: u64,
+}
+
+impl Default for PreprocessOptions {
+    /// 224 pixels, EXIF orientation applied, PIL's bomb limit ([`DEFAULT_MAX_PIXELS`]).
+    fn default() -> Self {
+        PreprocessOptions {
+            size: 224,
+            exif_orientation: true,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// Why an image could not be loaded. Every variant names the file first.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The file could not be read.
+    #[error("{}: cannot read file: {error}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        error: std::io::Error,
+    },
+    /// The file is empty.
+    #[error("{}: cannot decode image: file is empty", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The content is not an image format that can be decoded (JPEG, PNG, WebP, GIF, TIFF, BMP).
+    #[error("{}: cannot decode image: unrecognized image format", path.display())]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The header declares more pixels than [`PreprocessOptions::max_pixels`] allows.
+    #[error(
+        "{}: image is {width}x{height}, more than the limit of {limit} pixels (decompression-bomb guard)",
+        path.display()
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The data is corrupt or truncated.
+    #[error("{}: cannot decode image: {message}", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's explanation.
+        message: String,
+    },
+    /// A recognised format with a feature the decoder does not support.
+    #[error("{}: unsupported image: {message}", path.display())]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What is not supported.
+        message: String,
+    },
+}
+
+/// Reads and decodes an image file, applying EXIF orientation if asked. The pixels keep the mode PIL
+/// would have opened the file in (see [`PixelMode`]).
+pub fn load_image(path: &Path, opts: &PreprocessOptions) -> Result<SourceImage, ImageError> {
+    let io_err = |error| ImageError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let len = std::fs::metadata(path).map_err(io_err)?.len();
+    // No supported format needs more than 8 bytes per pixel (uncompressed 16-bit RGBA) plus headers;
+    // a larger file is not read into memory.
+    let max_len = opts.max_pixels.saturating_mul(8).saturating_add(1 << 26);
+    if len > max_len {
+        return Err(ImageError::Decode {
+            path: path.to_path_buf(),
+            message: format!("file is {len} bytes, more than an image within the pixel limit needs"),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io_err)?;
+    decode::decode(&bytes, path, opts)
+}
+
+/// [`load_image`] on bytes already in memory; `name` stands for the file in errors.
+pub fn load_image_from_memory(
+    bytes: &[u8],
+    name: &str,
+    opts: &PreprocessOptions,
+) -> Result<SourceImage, ImageError> {
+    decode::decode(bytes, Path::new(name), opts)
+}
+
+/// `Resize((size, size), BICUBIC)` followed by `convert("RGB")`, exactly as PIL does them:
+/// `size * size * 3` bytes, row-major RGB.
+///
+/// # Panics
+/// If `size` is 0.
+pub fn resize_rgb8(img: &SourceImage, size: usize) -> Vec<u8> {
+    convert::resize_rgb8(img, size)
+}
+
+/// [`resize_rgb8`] to a `width x height` output (`width * height * 3` bytes).
+///
+/// # Panics
+/// If `width` or `height` is 0.
+pub fn resize_rgb8_to(img: &SourceImage, width: usize, height: usize) -> Vec<u8> {
+    convert::resize_rgb8_to(img, width, height)
+}
+
+/// `ToTensor()` + `Normalize(CLIP_MEAN, CLIP_STD)` on `size * size` RGB pixels: `3 * size * size`
+/// floats, channel-major (CHW), each `(x / 255 - mean) / std` in `f32` as torchvision computes it.
+///
+/// # Panics
+/// If `rgb.len() != size * size * 3`.
+pub fn normalize_chw(rgb: &[u8], size: usize) -> Vec<f32> {
+    let plane = size * size;
+    assert_eq!(rgb.len(), plane * 3, "expected {size}x{size} RGB pixels");
+    let mut out = vec![0.0f32; plane * 3];
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        // Division, not multiplication by reciprocals: bit-identical to torch's `div` / `div_`.
+        r[i] = (f32::from(px[0]) / 255.0 - CLIP_MEAN[0]) / CLIP_STD[0];
+        g[i] = (f32::from(px[1]) / 255.0 - CLIP_MEAN[1]) / CLIP_STD[1];
+        b[i] = (f32::from(px[2]) / 255.0 - CLIP_MEAN[2]) / CLIP_STD[2];
+    }
+    out
+}
+
+/// The whole of `image_transform(opts.size)` on an image already loaded: `3 * S * S` floats, CHW.
+pub fn preprocess_image(img: &SourceImage, size: usize) -> Vec<f32> {
+    normalize_chw(&resize_rgb8(img, size), size)
+}
+
+/// Loads `path` and applies `image_transform(opts.size)`: `3 * S * S` floats, CHW.
+pub fn preprocess_path(path: &Path, opts: &PreprocessOptions) -> Result<Vec<f32>, ImageError> {
+    Ok(preprocess_image(&load_image(path, opts)?, opts.size))
+}
+
+/// [`preprocess_path`] on bytes already in memory; `name` stands for the file in errors.
+pub fn preprocess_bytes(
+    bytes: &[u8],
+    name: &str,
+    opts: &PreprocessOptions,
+) -> Result<Vec<f32>, ImageError> {
+    Ok(preprocess_image(
+        &load_image_from_memory(bytes, name, opts)?,
+        opts.size,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constants_are_the_f32_roundings_of_cn_clip_values() {
+        // torch.as_tensor((0.48145466, ...), dtype=float32) gives these exact values.
+        assert_eq!(CLIP_MEAN, [0.48145466f64 as f32, 0.4578275f64 as f32, 0.40821073f64 as f32]);
+        assert_eq!(CLIP_STD, [0.26862954f64 as f32, 0.26130258f64 as f32, 0.27577711f64 as f32]);
+        assert_eq!(DEFAULT_MAX_PIXELS, 178_956_970);
+    }
+
+    #[test]
+    fn normalize_matches_torch_bit_for_bit() {
+        // torch: (tensor([0, 128, 255] as channels R, G, B).float().div(255) - mean) / std, as bits.
+        let out = normalize_chw(&[0, 128, 255], 1);
+        let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(bits, [0xbfe5_68dc, 0x3e2c_f36b, 0x4009_5660]);
+    }
+}

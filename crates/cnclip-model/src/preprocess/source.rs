@@ -1,0 +1,237 @@
+//! [`SourceImage`]: decoded pixels in the mode PIL would have opened them in, and EXIF orientation.
+
+/// The mode PIL opens an image in. It decides how `Resize(BICUBIC)` and `convert("RGB")` treat it:
+/// `1` and `P` images are resized with NEAREST whatever filter is asked, `LA` and `RGBA` are resized
+/// premultiplied, `CMYK` is resized before its conversion to RGB and `I;16` in 16 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PixelMode {
+    /// PIL `1`: bilevel, one byte per pixel (0 or 255).
+    Bilevel,
+    /// PIL `P`: a palette image, stored here with its palette applied (three bytes per pixel, RGB).
+    /// Nearest-neighbour resizing commutes with the palette look-up, so this gives PIL's pixels.
+    Palette,
+    /// PIL `L`: 8-bit grey.
+    L,
+    /// PIL `LA`: 8-bit grey and alpha.
+    La,
+    /// PIL `RGB`.
+    Rgb,
+    /// PIL `RGBA` (straight, not premultiplied, alpha).
+    Rgba,
+    /// PIL `CMYK` with PIL's polarity (0 = no ink).
+    Cmyk,
+    /// PIL `I;16`: 16-bit grey (e.g. a 16-bit greyscale PNG), stored as `u16`.
+    I16,
+}
+
+impl PixelMode {
+    /// Samples per pixel in [`SourceImage`]'s buffer.
+    pub fn channels(self) -> usize {
+        match self {
+            PixelMode::Bilevel | PixelMode::L | PixelMode::I16 => 1,
+            PixelMode::La => 2,
+            PixelMode::Palette | PixelMode::Rgb => 3,
+            PixelMode::Rgba | PixelMode::Cmyk => 4,
+        }
+    }
+
+    /// PIL's name of the mode (`"1"`, `"P"`, `"L"`, `"LA"`, `"RGB"`, `"RGBA"`, `"CMYK"`, `"I;16"`).
+    pub fn pil_name(self) -> &'static str {
+        match self {
+            PixelMode::Bilevel => "1",
+            PixelMode::Palette => "P",
+            PixelMode::L => "L",
+            PixelMode::La => "LA",
+            PixelMode::Rgb => "RGB",
+            PixelMode::Rgba => "RGBA",
+            PixelMode::Cmyk => "CMYK",
+            PixelMode::I16 => "I;16",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Pixels {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+}
+
+/// A decoded image before preprocessing: size, [`PixelMode`] and interleaved samples, row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceImage {
+    width: usize,
+    height: usize,
+    mode: PixelMode,
+    pixels: Pixels,
+}
+
+impl SourceImage {
+    /// Wraps 8-bit samples (`width * height * mode.channels()` of them). `None` when the length does
+    /// not match, a dimension is zero, or `mode` is [`PixelMode::I16`] (use [`SourceImage::from_i16`]).
+    pub fn from_u8(width: u32, height: u32, mode: PixelMode, data: Vec<u8>) -> Option<Self> {
+        let (width, height) = (width as usize, height as usize);
+        let expected = width.checked_mul(height)?.checked_mul(mode.channels())?;
+        (mode != PixelMode::I16 && width > 0 && height > 0 && data.len() == expected).then_some(
+            SourceImage {
+                width,
+                height,
+                mode,
+                pixels: Pixels::U8(data),
+            },
+        )
+    }
+
+    /// Wraps 16-bit grey samples as an `I;16` image. `None` when the length does not match or a
+    /// dimension is zero.
+    pub fn from_i16(width: u32, height: u32, data: Vec<u16>) -> Option<Self> {
+        let (width, height) = (width as usize, height as usize);
+        let expected = width.checked_mul(height)?;
+        (width > 0 && height > 0 && data.len() == expected).then_some(SourceImage {
+            width,
+            height,
+            mode: PixelMode::I16,
+            pixels: Pixels::U16(data),
+        })
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> u32 {
+        self.width as u32
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> u32 {
+        self.height as u32
+    }
+
+    /// The mode PIL would have opened the image in.
+    pub fn mode(&self) -> PixelMode {
+        self.mode
+    }
+
+    /// The 8-bit samples (`None` for [`PixelMode::I16`]).
+    pub fn as_u8(&self) -> Option<&[u8]> {
+        match &self.pixels {
+            Pixels::U8(v) => Some(v),
+            Pixels::U16(_) => None,
+        }
+    }
+
+    /// The 16-bit samples of an [`PixelMode::I16`] image.
+    pub fn as_u16(&self) -> Option<&[u16]> {
+        match &self.pixels {
+            Pixels::U16(v) => Some(v),
+            Pixels::U8(_) => None,
+        }
+    }
+
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    pub(crate) fn pixels(&self) -> &Pixels {
+        &self.pixels
+    }
+
+    /// Applies an EXIF orientation (1–8) the way `PIL.ImageOps.exif_transpose` does, so that the
+    /// image is upright as a person sees it. Other values leave the image as it is.
+    pub fn apply_exif_orientation(self, orientation: u8) -> SourceImage {
+        if !(2..=8).contains(&orientation) {
+            return self;
+        }
+        let (w, h) = (self.width, self.height);
+        let (width, height) = if orientation >= 5 { (h, w) } else { (w, h) };
+        let c = self.mode.channels();
+        let pixels = match self.pixels {
+            Pixels::U8(v) => Pixels::U8(match c {
+                1 => orient::<u8, 1>(&v, w, h, orientation),
+                2 => orient::<u8, 2>(&v, w, h, orientation),
+                3 => orient::<u8, 3>(&v, w, h, orientation),
+                _ => orient::<u8, 4>(&v, w, h, orientation),
+            }),
+            Pixels::U16(v) => Pixels::U16(orient::<u16, 1>(&v, w, h, orientation)),
+        };
+        SourceImage {
+            width,
+            height,
+            mode: self.mode,
+            pixels,
+        }
+    }
+}
+
+/// Output pixel `(x, y)` of orientation `o` comes from input pixel `source(x, y)` of a `w x h` image
+/// (PIL's `exif_transpose`: 2 FLIP_LEFT_RIGHT, 3 ROTATE_180, 4 FLIP_TOP_BOTTOM, 5 TRANSPOSE,
+/// 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90).
+#[inline(always)]
+fn source(o: u8, x: usize, y: usize, w: usize, h: usize) -> (usize, usize) {
+    match o {
+        2 => (w - 1 - x, y),
+        3 => (w - 1 - x, h - 1 - y),
+        4 => (x, h - 1 - y),
+        5 => (y, x),
+        6 => (y, h - 1 - x),
+        7 => (w - 1 - y, h - 1 - x),
+        8 => (w - 1 - y, x),
+        _ => (x, y),
+    }
+}
+
+fn orient<T: Copy + Default, const C: usize>(src: &[T], w: usize, h: usize, o: u8) -> Vec<T> {
+    let (ow, oh) = if o >= 5 { (h, w) } else { (w, h) };
+    let mut out = vec![T::default(); src.len()];
+    // Tiles keep both the reads and the writes of the rotations within the cache.
+    const TILE: usize = 64;
+    for ty in (0..oh).step_by(TILE) {
+        for tx in (0..ow).step_by(TILE) {
+            for y in ty..(ty + TILE).min(oh) {
+                let line = &mut out[y * ow * C..(y + 1) * ow * C];
+                for x in tx..(tx + TILE).min(ow) {
+                    let (sx, sy) = source(o, x, y, w, h);
+                    let s = (sy * w + sx) * C;
+                    line[x * C..(x + 1) * C].copy_from_slice(&src[s..s + C]);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3x2 image whose pixel values are their own coordinates, `10 * y + x`.
+    fn labelled() -> SourceImage {
+        SourceImage::from_u8(3, 2, PixelMode::L, vec![0, 1, 2, 10, 11, 12]).unwrap()
+    }
+
+    #[test]
+    fn orientations_match_pil_exif_transpose() {
+        // Expected outputs from PIL: `ImageOps.exif_transpose` on the same 3x2 image.
+        let cases: [(u8, (u32, u32), [u8; 6]); 8] = [
+            (1, (3, 2), [0, 1, 2, 10, 11, 12]),
+            (2, (3, 2), [2, 1, 0, 12, 11, 10]),
+            (3, (3, 2), [12, 11, 10, 2, 1, 0]),
+            (4, (3, 2), [10, 11, 12, 0, 1, 2]),
+            (5, (2, 3), [0, 10, 1, 11, 2, 12]),
+            (6, (2, 3), [10, 0, 11, 1, 12, 2]),
+            (7, (2, 3), [12, 2, 11, 1, 10, 0]),
+            (8, (2, 3), [2, 12, 1, 11, 0, 10]),
+        ];
+        for (o, (w, h), expected) in cases {
+            let img = labelled().apply_exif_orientation(o);
+            assert_eq!((img.width(), img.height()), (w, h), "orientation {o}");
+            assert_eq!(img.as_u8().unwrap(), expected, "orientation {o}");
+        }
+    }
+
+    #[test]
+    fn constructors_check_lengths() {
+        assert!(SourceImage::from_u8(2, 2, PixelMode::Rgb, vec![0; 11]).is_none());
+        assert!(SourceImage::from_u8(0, 2, PixelMode::L, vec![]).is_none());
+        assert!(SourceImage::from_u8(2, 2, PixelMode::I16, vec![0; 4]).is_none());
+        assert!(SourceImage::from_i16(2, 2, vec![0; 4]).is_some());
+    }
+}

@@ -1,0 +1,394 @@
+//! `torch.save` files: the zip format (torch ≥ 1.6) and the legacy stream format, read with the
+//! restricted unpickler in [`super::pickle`].
+//!
+//! Zip layout: `<folder>/data.pkl` (the pickle; `<folder>` is the file's stem, `archive`, …),
+//! `<folder>/data/<key>` (one raw storage per key), `<folder>/byteorder` (`little`/`big`, absent
+//! in older files = little). Legacy layout: five pickles in a row (magic number, protocol 1001,
+//! system info, the object, the list of storage keys), then each storage as an 8-byte element
+//! count followed by its raw bytes (torch `serialization.py`, `_legacy_save` / `_legacy_load`).
+//!
+//! Only the storages that the state dict's kept tensors use are read: an `optimizer` entry is
+//! parsed (it is part of the pickle) but its tensors are never materialised.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::error::WeightsError;
+use super::pickle::{self, Pickle, StorageDType, TensorRef, Value};
+
+/// What a reader returns: tensors as named in the file, converted to f32.
+pub(crate) type Tensors = Vec<(String, Tensor)>;
+
+/// The first bytes of a legacy `torch.save` file: protocol 2, `LONG1` of the 10-byte magic
+/// number 0x1950a86a20f9469cfc6c (`torch/serialization.py`, `MAGIC_NUMBER`).
+pub(crate) const LEGACY_MAGIC: [u8; 14] = [
+    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+];
+
+/// Largest `data.pkl` accepted (state dicts are kilobytes to a few megabytes).
+const MAX_PICKLE_BYTES: u64 = 1 << 30;
+
+fn archive(reason: String) -> WeightsError {
+    WeightsError::Archive { reason }
+}
+
+/// Reads the state dict of a torch zip checkpoint; `keep(name)` says which entries to materialise.
+pub(crate) fn read_zip(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors, WeightsError> {
+    let file = File::open(path).map_err(|e| WeightsError::io("cannot open", e))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| archive(format!("not a readable zip archive ({e})")))?;
+    let pkl_name = zip
+        .file_names()
+        .filter(|n| *n == "data.pkl" || (n.ends_with("/data.pkl") && n.matches('/').count() == 1))
+        .min()
+        .map(str::to_owned)
+        .ok_or_else(|| archive("no data.pkl entry: not a torch checkpoint".into()))?;
+    let prefix = pkl_name.strip_suffix("data.pkl").unwrap_or("").to_owned();
+    let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES)?;
+    let big_endian = match zip.by_name(&format!("{prefix}byteorder")) {
+        Ok(mut f) => {
+            let mut s = String::new();
+            f.read_to_string(&mut s)
+                .map_err(|e| archive(format!("cannot read {prefix}byteorder: {e}")))?;
+            match s.trim() {
+                "little" => false,
+                "big" => true,
+                other => return Err(archive(format!("unknown byteorder {other:?}"))),
+            }
+        }
+        Err(_) => false,
+    };
+    let p = pickle::parse(&pkl)?;
+    let groups = group_by_storage(&p, keep)?;
+    let mut out = Vec::new();
+    for (key, tensors) in groups {
+        let entry = format!("{prefix}data/{key}");
+        let bytes = read_entry(&mut zip, &entry, u64::MAX)?;
+        for (name, t) in tensors {
+            out.push((name.clone(), materialize(&name, &bytes, &t, big_endian)?));
+        }
+    }
+    Ok(out)
+}
+
+fn read_entry<R: Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+    max: u64,
+) -> Result<Vec<u8>, WeightsError> {
+    let mut f = zip
+        .by_name(name)
+        .map_err(|e| archive(format!("entry {name}: {e}")))?;
+    if f.size() > max {
+        return Err(archive(format!("entry {name} is {} bytes", f.size())));
+    }
+    let mut buf = Vec::with_capacity(f.size() as usize);
+    f.read_to_end(&mut buf)
+        .map_err(|e| archive(format!("cannot read entry {name}: {e}")))?;
+    Ok(buf)
+}
+
+/// Reads a legacy (pre-zip) `torch.save` stream held in memory.
+pub(crate) fn read_legacy(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Tensors, WeightsError> {
+    let mut pos = 0;
+    let mut next = |what: &str| -> Result<Pickle, WeightsError> {
+        let p = pickle::parse(&bytes[pos..]).map_err(|e| match e {
+            WeightsError::Pickle { offset, reason } => WeightsError::Pickle {
+                offset: offset + pos,
+                reason: format!("{what}: {reason}"),
+            },
+            e => e,
+        })?;
+        pos += p.end;
+        Ok(p)
+    };
+    let _magic = next("magic number")?;
+    let protocol = next("protocol version")?;
+    if protocol.get(protocol.root) != &Value::Int(1001) {
+        return Err(archive("legacy torch file with an unknown protocol version".into()));
+    }
+    let sys = next("system info")?;
+    let big_endian = match sys.dict_get(sys.root, "little_endian").map(|v| sys.get(v)) {
+        Some(Value::Bool(little)) => !little,
+        _ => false,
+    };
+    let main = next("state dict")?;
+    let keys = next("storage keys")?;
+    let groups = group_by_storage(&main, keep)?;
+    // Element type of every storage (kept or not), to step over the ones we skip.
+    let dtypes: HashMap<&str, StorageDType> = main
+        .values
+        .iter()
+        .filter_map(|v| match v {
+            Value::Storage(s) => Some((s.key.as_str(), s.dtype)),
+            Value::Tensor(t) => Some((t.storage.key.as_str(), t.storage.dtype)),
+            _ => None,
+        })
+        .collect();
+    let Value::List(key_ids) = keys.get(keys.root) else {
+        return Err(archive("legacy storage key list is not a list".into()));
+    };
+    let mut data: HashMap<String, &[u8]> = HashMap::new();
+    for &k in key_ids {
+        let key = keys
+            .str(k)
+            .ok_or_else(|| archive("legacy storage key is not a string".into()))?;
+        let dtype = dtypes
+            .get(key)
+            .ok_or_else(|| archive(format!("legacy storage {key} is not referenced")))?;
+        let header = bytes
+            .get(pos..pos + 8)
+            .ok_or_else(|| archive(format!("truncated before storage {key}")))?;
+        let mut n = [0u8; 8];
+        n.copy_from_slice(header);
+        let numel = if big_endian {
+            u64::from_be_bytes(n)
+        } else {
+            u64::from_le_bytes(n)
+        };
+        let len = usize::try_from(numel)
+            .ok()
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .ok_or_else(|| archive(format!("storage {key} has an impossible size")))?;
+        let start = pos + 8;
+        let slice = bytes
+            .get(start..start.saturating_add(len))
+            .ok_or_else(|| archive(format!("truncated inside storage {key}")))?;
+        data.insert(key.to_owned(), slice);
+        pos = start + len;
+    }
+    let mut out = Vec::new();
+    for (key, tensors) in groups {
+        let bytes = data
+            .get(&key)
+            .ok_or_else(|| archive(format!("storage {key} is missing from the file")))?;
+        for (name, t) in tensors {
+            out.push((name.clone(), materialize(&name, bytes, &t, big_endian)?));
+        }
+    }
+    Ok(out)
+}
+
+/// A file that is a pickle but not a torch checkpoint: parsed only to refuse or to explain.
+pub(crate) fn read_bare_pickle(bytes: &[u8]) -> Result<Tensors, WeightsError> {
+    pickle::parse(bytes)?;
+    Err(WeightsError::UnknownFormat {
+        reason: "a bare pickle without tensor data (not a torch.save file)".into(),
+    })
+}
+
+/// The state dict's tensors, grouped by storage key (so each storage is read once).
+fn group_by_storage(
+    p: &Pickle,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Vec<(String, TensorRef)>>, WeightsError> {
+    let entries = state_dict_entries(p)?;
+    let mut groups: BTreeMap<String, Vec<(String, TensorRef)>> = BTreeMap::new();
+    for (name, t) in entries {
+        if keep(&name) {
+            groups
+                .entry(t.storage.key.clone())
+                .or_default()
+                .push((name, t));
+        }
+    }
+    Ok(groups)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::None => "None",
+        Value::Bool(_) => "a bool",
+        Value::Int(_) | Value::BigInt(_) => "an int",
+        Value::Float(_) => "a float",
+        Value::Str(_) => "a string",
+        Value::Bytes(_) => "bytes",
+        Value::Tuple(_) => "a tuple",
+        Value::List(_) => "a list",
+        Value::Dict(_) => "a dict",
+        Value::Global(_) => "a class",
+        Value::Storage(_) => "a storage",
+        Value::Tensor(_) => "a tensor",
+        Value::Inert(_) => "an opaque object",
+    }
+}
+
+/// `obj['state_dict']` if present (cn_clip's training checkpoints), else `obj` itself (a bare
+/// state dict, as transformers' `pytorch_model.bin`).
+fn state_dict_entries(p: &Pickle) -> Result<Vec<(String, TensorRef)>, WeightsError> {
+    let no = |reason: String| WeightsError::NoStateDict { reason };
+    let wrapped = p.dict_get(p.root, "state_dict");
+    let sd = wrapped.unwrap_or(p.root);
+    let Value::Dict(items) = p.get(sd) else {
+        return Err(no(format!("the pickle holds {}", kind(p.get(sd)))));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for &(k, v) in items {
+        let name = p
+            .str(k)
+            .ok_or_else(|| no(format!("a key is {}, not a string", kind(p.get(k)))))?;
+        match p.get(v) {
+            Value::Tensor(t) => out.push((name.to_owned(), t.clone())),
+            other if wrapped.is_some() => {
+                return Err(no(format!("state_dict entry {name} is {}", kind(other))))
+            }
+            _ => {
+                let keys: Vec<&str> = items.iter().filter_map(|&(k, _)| p.str(k)).take(8).collect();
+                return Err(no(format!(
+                    "no 'state_dict' entry, and the top-level dict is not a state dict (keys: {})",
+                    keys.join(", ")
+                )));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(no("the state dict is empty".into()));
+    }
+    Ok(out)
+}
+
+/// Decodes a strided view of a raw storage into an f32 tensor.
+fn materialize(
+    name: &str,
+    bytes: &[u8],
+    t: &TensorRef,
+    big_endian: bool,
+) -> Result<Tensor, WeightsError> {
+    let dt = t.storage.dtype;
+    if !dt.is_float() {
+        return Err(WeightsError::DType {
+            name: name.to_owned(),
+            dtype: dt.name().to_owned(),
+        });
+    }
+    let es = dt.size();
+    let available = bytes.len() / es;
+    let base = t.storage.view_offset;
+    if base.saturating_add(t.storage.numel) > available {
+        return Err(archive(format!(
+            "storage {} of tensor {name} holds {available} elements, the pickle says {}",
+            t.storage.key,
+            base.saturating_add(t.storage.numel)
+        )));
+    }
+    let numel: usize = t.size.iter().product();
+    if numel == 0 {
+        return Ok(Tensor::zeros(t.size.as_slice(), DType::F32, &Device::Cpu)?);
+    }
+    // Elements spanned by the view: 1 + Σ (size_i − 1)·stride_i.
+    let span = t
+        .size
+        .iter()
+        .zip(&t.stride)
+        .try_fold(1usize, |acc, (&s, &st)| acc.checked_add((s - 1).checked_mul(st)?));
+    let end = span.and_then(|s| s.checked_add(t.offset));
+    if end.is_none_or(|e| e > t.storage.numel) {
+        return Err(archive(format!(
+            "tensor {name} reaches past the end of its storage {}",
+            t.storage.key
+        )));
+    }
+    let span = span.unwrap_or(0);
+    let start = (base + t.offset) * es;
+    let values = decode(&bytes[start..start + span * es], dt, big_endian);
+    let data = if is_row_major(&t.size, &t.stride) {
+        values
+    } else {
+        gather(&values, &t.size, &t.stride)
+    };
+    Ok(Tensor::from_vec(data, t.size.as_slice(), &Device::Cpu)?)
+}
+
+fn is_row_major(size: &[usize], stride: &[usize]) -> bool {
+    let mut expected = 1;
+    for (&s, &st) in size.iter().zip(stride).rev() {
+        if s != 1 && st != expected {
+            return false;
+        }
+        expected *= s;
+    }
+    true
+}
+
+/// Row-major copy of a strided view (`values[0]` is the view's first element).
+fn gather(values: &[f32], size: &[usize], stride: &[usize]) -> Vec<f32> {
+    let numel: usize = size.iter().product();
+    let mut out = Vec::with_capacity(numel);
+    let mut index = vec![0usize; size.len()];
+    let mut offset = 0usize;
+    for _ in 0..numel {
+        out.push(values[offset]);
+        // Odometer increment, last dimension fastest.
+        for d in (0..size.len()).rev() {
+            index[d] += 1;
+            offset += stride[d];
+            if index[d] < size[d] {
+                break;
+            }
+            offset -= stride[d] * size[d];
+            index[d] = 0;
+        }
+    }
+    out
+}
+
+/// Raw storage bytes → f32 (exact for f16/bf16; f64 is rounded).
+pub(crate) fn decode(bytes: &[u8], dt: StorageDType, big_endian: bool) -> Vec<f32> {
+    fn words<const N: usize>(bytes: &[u8], big: bool) -> impl Iterator<Item = [u8; N]> + '_ {
+        bytes.chunks_exact(N).map(move |c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            if big {
+                a.reverse();
+            }
+            a
+        })
+    }
+    match dt {
+        StorageDType::F32 => words::<4>(bytes, big_endian)
+            .map(f32::from_le_bytes)
+            .collect(),
+        StorageDType::F16 => words::<2>(bytes, big_endian)
+            .map(|w| half::f16::from_le_bytes(w).to_f32())
+            .collect(),
+        StorageDType::BF16 => words::<2>(bytes, big_endian)
+            .map(|w| half::bf16::from_le_bytes(w).to_f32())
+            .collect(),
+        StorageDType::F64 => words::<8>(bytes, big_endian)
+            .map(|w| f64::from_le_bytes(w) as f32)
+            .collect(),
+        // Callers check `is_float` first.
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_transposed() {
+        // storage [0..6] viewed as the transpose of a 2×3 matrix: size [3, 2], stride [1, 3].
+        let values: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        assert_eq!(
+            gather(&values, &[3, 2], &[1, 3]),
+            vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+        );
+        assert!(is_row_major(&[2, 3], &[3, 1]));
+        assert!(is_row_major(&[1, 3], &[99, 1]));
+        assert!(!is_row_major(&[3, 2], &[1, 3]));
+    }
+
+    #[test]
+    fn decode_half_precision_exactly() {
+        let bytes = [0x00, 0x3c, 0x00, 0xc0]; // f16 1.0, -2.0 (little endian)
+        assert_eq!(decode(&bytes, StorageDType::F16, false), vec![1.0, -2.0]);
+        let bytes = [0x80, 0x3f]; // bf16 1.0
+        assert_eq!(decode(&bytes, StorageDType::BF16, false), vec![1.0]);
+        assert_eq!(decode(&[0x3f, 0x80], StorageDType::BF16, true), vec![1.0]);
+    }
+}

@@ -1,0 +1,314 @@
+//! The query side of cnclip: open an index (even while a build writes to it), search it by vector,
+//! by text or by image, and get ranked file paths with cosine scores.
+//!
+//! [`Searcher::open`] takes no lock: it reads the index's reader log (every batch the builder has
+//! committed, see `cnclip_index::view`) and the current HNSW graph snapshot, if there is one. A
+//! search asks the graph for the nearest live vectors (vectors removed since the snapshot are
+//! filtered out), scans the vectors added since the snapshot exactly, and merges the two; small
+//! indexes have no graph and are scanned exactly. [`Searcher::refresh`] picks up batches committed
+//! since, so a long-running backend sees a build's progress without reopening.
+//!
+//! Query encoding is behind [`QueryEncoder`], implemented on top of the model crate: text →
+//! tokenize → text tower, image → preprocess → vision tower. Scores are cosines of L2-normalized
+//! vectors (the official "similarity" is `logit_scale.exp()` × this).
+//!
+//! ```
+//! use cnclip_index::{FakeEmbedder, ImageEmbedder, Index, Indexer, Silent};
+//! use cnclip_search::Searcher;
+//!
+//! let photos = tempfile::tempdir()?;
+//! for (name, rgb) in [("red.png", [220, 20, 20]), ("green.png", [20, 220, 20])] {
+//!     image::RgbImage::from_pixel(8, 8, image::Rgb(rgb)).save(photos.path().join(name))?;
+//! }
+//! let dir = tempfile::tempdir()?;
+//! let embedder = FakeEmbedder::new(16);
+//! let mut index = Index::open_or_create(dir.path(), &embedder.identity())?;
+//! Indexer::new(&mut index).build(photos.path(), &embedder, &Silent)?;
+//!
+//! let searcher = Searcher::open(dir.path())?;
+//! // The fake model's vector of the red image, as a query:
+//! let red = std::fs::read(photos.path().join("red.png"))?;
+//! let query = embedder.embed(&[embedder.prepare("red.png".as_ref(), &red).unwrap()])?.remove(0);
+//! let hits = searcher.search_vector(&query, 1)?;
+//! assert!(hits[0].path.ends_with("red.png"));
+//! assert!((hits[0].score - 1.0).abs() < 1e-5);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use cnclip_index::graph::{self, FlatVectors, Graph, Manifest};
+use cnclip_index::view::{ViewOp, ViewReader};
+
+pub use cnclip_index::{default_index_path, EmbedError, Error, ModelIdentity, Result};
+
+/// One result.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Hit {
+    /// 1-based rank.
+    pub rank: usize,
+    /// Cosine similarity of the query and the image, in `[-1, 1]`.
+    pub score: f32,
+    /// The image file (absolute; serialized lossily when it is not UTF-8).
+    #[serde(serialize_with = "lossy_path")]
+    pub path: PathBuf,
+}
+
+fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// Turns queries into vectors in the index's embedding space: the model's text and vision towers.
+/// Vectors may have any norm (the searcher normalizes).
+pub trait QueryEncoder {
+    /// The model this encoder stands for; it must match the index.
+    fn identity(&self) -> ModelIdentity;
+    /// Encodes a (Chinese) text query.
+    fn encode_text(&self, text: &str) -> std::result::Result<Vec<f32>, EmbedError>;
+    /// Encodes an image file as a query.
+    fn encode_image(&self, path: &Path) -> std::result::Result<Vec<f32>, EmbedError>;
+}
+
+/// What the reader log says, replayed.
+#[derive(Debug, Default)]
+struct State {
+    paths: HashMap<Vec<u8>, u64>,
+    by_vid: HashMap<u64, Vec<Vec<u8>>>,
+    live: HashSet<u64>,
+    /// Live vectors the graph does not hold: scanned exactly.
+    delta: FlatVectors,
+}
+
+impl State {
+    fn apply(&mut self, op: ViewOp, graph: Option<&Graph>) {
+        match op {
+            ViewOp::AddVector { vid, vector } => {
+                self.live.insert(vid);
+                if !graph.is_some_and(|g| g.contains(vid)) {
+                    self.delta.insert(vid, &vector);
+                }
+            }
+            ViewOp::RemoveVector { vid } => {
+                self.live.remove(&vid);
+                self.delta.remove(vid);
+            }
+            ViewOp::SetPath { path, vid } => {
+                if let Some(old) = self.paths.insert(path.clone(), vid) {
+                    self.unlink(old, &path);
+                }
+                self.by_vid.entry(vid).or_default().push(path);
+            }
+            ViewOp::RemovePath { path } => {
+                if let Some(old) = self.paths.remove(&path) {
+                    self.unlink(old, &path);
+                }
+            }
+        }
+    }
+
+    fn unlink(&mut self, vid: u64, path: &[u8]) {
+        if let Some(list) = self.by_vid.get_mut(&vid) {
+            list.retain(|p| p != path);
+            if list.is_empty() {
+                self.by_vid.remove(&vid);
+            }
+        }
+    }
+}
+
+/// A read-only view of an index, for searching.
+#[derive(Debug)]
+pub struct Searcher {
+    dir: PathBuf,
+    view: ViewReader,
+    identity: ModelIdentity,
+    graph: Option<(Manifest, Graph)>,
+    state: State,
+    warnings: Vec<String>,
+    ef_search: Option<usize>,
+}
+
+impl Searcher {
+    /// Opens the index in `dir` for searching. Needs no lock: works while a build runs, and sees
+    /// everything it has committed.
+    pub fn open(dir: &Path) -> Result<Searcher> {
+        let view = ViewReader::open(dir)?;
+        let identity = view.header().identity.clone();
+        let mut s = Searcher {
+            dir: dir.into(),
+            state: State {
+                delta: FlatVectors::new(identity.dim),
+                ..Default::default()
+            },
+            identity,
+            view,
+            graph: None,
+            warnings: Vec::new(),
+            ef_search: None,
+        };
+        s.load_graph();
+        s.read_view()?;
+        Ok(s)
+    }
+
+    fn load_graph(&mut self) {
+        let uuid = self.view.header().uuid.clone();
+        // The writer deletes the previous snapshot right after switching: retry on a vanished file.
+        for attempt in 0..3 {
+            match graph::load_snapshot(&self.dir, &uuid, self.identity.dim) {
+                Ok(g) => {
+                    self.graph = g;
+                    if let (Some(ef), Some((_, g))) = (self.ef_search, self.graph.as_mut()) {
+                        g.set_ef_search(ef);
+                    }
+                    return;
+                }
+                Err(Error::Io { .. }) if attempt < 2 => continue,
+                Err(e) => {
+                    self.warnings
+                        .push(format!("{e}; searching exactly until it is rebuilt"));
+                    self.graph = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_view(&mut self) -> Result<usize> {
+        let (state, graph) = (&mut self.state, self.graph.as_ref().map(|(_, g)| g));
+        self.view.read_new(&mut |op| state.apply(op, graph))
+    }
+
+    /// Picks up what was committed since: new batches of the reader log, a rewritten log, a new
+    /// graph snapshot. Returns whether anything changed.
+    pub fn refresh(&mut self) -> Result<bool> {
+        let current = graph::read_manifest(&self.dir).ok().flatten().map(|m| m.dir);
+        let ours = self.graph.as_ref().map(|(m, _)| m.dir.clone());
+        if self.view.is_replaced() || current != ours {
+            let ef = self.ef_search;
+            *self = Searcher::open(&self.dir)?;
+            if let Some(ef) = ef {
+                self.set_ef_search(ef);
+            }
+            return Ok(true);
+        }
+        Ok(self.read_view()? > 0)
+    }
+
+    /// The model the index was built with (queries must be encoded with it).
+    pub fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    /// Indexed images.
+    pub fn len(&self) -> usize {
+        self.state.paths.len()
+    }
+
+    /// Whether the index holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.state.paths.is_empty()
+    }
+
+    /// Distinct vectors.
+    pub fn vectors(&self) -> usize {
+        self.state.live.len()
+    }
+
+    /// Whether searches go through an HNSW graph (else they scan exactly).
+    pub fn uses_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Vectors scanned exactly on every search (all of them without a graph; those added since the
+    /// snapshot with one).
+    pub fn exact_vectors(&self) -> usize {
+        self.state.delta.len()
+    }
+
+    /// Problems met while opening that searches work around (e.g. a damaged graph snapshot).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// HNSW search candidate list size (default `cnclip_index::graph::DEFAULT_EF_SEARCH`, at least
+    /// `2k`): higher is slower and closer to exact.
+    pub fn set_ef_search(&mut self, ef: usize) {
+        self.ef_search = Some(ef);
+        if let Some((_, g)) = self.graph.as_mut() {
+            g.set_ef_search(ef);
+        }
+    }
+
+    /// The `k` images most similar to `query` (any norm; the index's dimension), best first.
+    pub fn search_vector(&self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
+        if query.len() != self.identity.dim {
+            return Err(Error::WrongDimension {
+                expected: self.identity.dim,
+                got: query.len(),
+            });
+        }
+        let mut q = query.to_vec();
+        if cnclip_index::normalize(&mut q).is_none() {
+            return Err(Error::Embed("the query vector is zero or not finite".into()));
+        }
+        let mut cands = self.state.delta.search(&q, k);
+        if let Some((_, g)) = &self.graph {
+            let live = |vid: u64| self.state.live.contains(&vid);
+            cands.extend(g.search(&q, k, &live));
+        }
+        cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        cands.dedup_by_key(|c| c.0);
+        let mut hits = Vec::with_capacity(k);
+        for (vid, score) in cands {
+            let Some(paths) = self.state.by_vid.get(&vid) else {
+                continue;
+            };
+            let mut paths = paths.clone();
+            paths.sort();
+            for p in paths {
+                if hits.len() == k {
+                    return Ok(hits);
+                }
+                hits.push(Hit {
+                    rank: hits.len() + 1,
+                    score: score.clamp(-1.0, 1.0),
+                    path: PathBuf::from(OsString::from_vec(p)),
+                });
+            }
+        }
+        Ok(hits)
+    }
+
+    fn check_encoder<Q: QueryEncoder>(&self, encoder: &Q) -> Result<()> {
+        let theirs = encoder.identity();
+        if self.identity.compatible(&theirs) {
+            Ok(())
+        } else {
+            Err(Error::IdentityMismatch {
+                path: self.dir.clone(),
+                found: Box::new(self.identity.clone()),
+                wanted: Box::new(theirs),
+            })
+        }
+    }
+
+    /// The `k` images that best match a text query.
+    pub fn search_text<Q: QueryEncoder>(&self, encoder: &Q, text: &str, k: usize) -> Result<Vec<Hit>> {
+        self.check_encoder(encoder)?;
+        let v = encoder.encode_text(text).map_err(Error::Embed)?;
+        self.search_vector(&v, k)
+    }
+
+    /// The `k` images most similar to the image at `path`.
+    pub fn search_image<Q: QueryEncoder>(&self, encoder: &Q, path: &Path, k: usize) -> Result<Vec<Hit>> {
+        self.check_encoder(encoder)?;
+        let v = encoder.encode_image(path).map_err(Error::Embed)?;
+        self.search_vector(&v, k)
+    }
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""cnclip vs cn_clip (PyTorch), side by side in one run, reported as ratios.
+
+This machine is shared and noisy, so absolute times drift; the two implementations are timed
+alternately on the same checkpoint, the same batch shapes and the same number of threads, and
+only ratios are meant to be compared across runs.
+
+    cargo build --release -p cnclip-cli
+    python3 tools/gen_fullsize.py --out /tmp/cnclip-full --models ViT-B-16
+    python3 tools/bench_vs_reference.py --checkpoint /tmp/cnclip-full/clip_cn_vit-b-16.pt \
+        --manifest /tmp/cnclip-full/manifest.json --name ViT-B-16
+
+Measures: image tower images/s at batch 8 and batch 1 (f32), text tower p50 latency for short
+queries at batch 1, and tokenizer texts/s on the tokenizer fixture corpus.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from gen_parity import build, load_state_dict  # noqa: E402
+
+import cn_clip.clip as clip  # noqa: E402
+
+QUERIES = ["一只小猫", "海边的日落", "穿红衣服的女孩在公园里放风筝", "一辆停在雪地里的蓝色汽车",
+           "生日蛋糕", "夜晚的城市街道", "两只狗在草地上奔跑", "桌子上的一杯咖啡"]
+
+
+def cnclip(binary, *args):
+    out = subprocess.run([binary, "bench", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def torch_images_per_s(model, batch, iters, size):
+    x = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        model.encode_image(x)
+        times = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            model.encode_image(x)
+            times.append(time.perf_counter() - t)
+    return batch / float(np.median(times))
+
+
+def torch_text_p50_ms(model, iters):
+    times = []
+    with torch.no_grad():
+        model.encode_text(clip.tokenize(QUERIES[:1]))
+        for _ in range(iters):
+            for q in QUERIES:
+                t = time.perf_counter()
+                # cn_clip's own path: tokenize to 52, encode.
+                model.encode_text(clip.tokenize([q]))
+                times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1e3
+
+
+def torch_tokenize_per_s(texts):
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for s in texts:
+            clip.tokenize([s])
+        best = min(best, time.perf_counter() - t)
+    return len(texts) / best
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--name", default="ViT-B-16")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "cnclip"))
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+
+    entry = next(e for e in json.load(open(args.manifest))["fixtures"] if e["name"] == args.name)
+    model = build(entry["kwargs"], load_state_dict(args.checkpoint))
+    size = entry["kwargs"]["image_resolution"]
+
+    corpus = os.path.join(ROOT, "crates", "cnclip-model", "tests", "fixtures", "tokenizer")
+    texts = []
+    for f in sorted(os.listdir(corpus)) if os.path.isdir(corpus) else []:
+        if f.endswith(".jsonl"):
+            texts += [json.loads(l)["text"] for l in open(os.path.join(corpus, f))]
+    texts = [t.replace("\n", " ").replace("\r", " ") for t in texts][:20000]
+    qfile = "/tmp/cnclip-bench-queries.txt"
+    open(qfile, "w").write("\n".join(QUERIES) + "\n")
+    tfile = "/tmp/cnclip-bench-corpus.txt"
+    open(tfile, "w").write("\n".join(texts) + "\n")
+
+    rows = []
+    for r in range(args.rounds):
+        for batch in (8, 1):
+            ref = torch_images_per_s(model, batch, args.iters, size)
+            ours = cnclip(args.binary, "--what", "image", "--model", args.checkpoint,
+                          "--batch", str(batch), "--iters", str(args.iters))["images_per_s"]
+            rows.append((f"image tower, batch {batch} (images/s)", ours, ref, ours / ref))
+        ref = torch_text_p50_ms(model, args.iters)
+        ours = cnclip(args.binary, "--what", "text", "--model", args.checkpoint, "--batch", "1",
+                      "--iters", str(args.iters), "--corpus", qfile)["p50_ms"]
+        rows.append(("text tower, short query batch 1 (p50 ms)", ours, ref, ref / ours))
+        if texts:
+            ref = torch_tokenize_per_s(texts)
+            ours = cnclip(args.binary, "--what", "tokenize", "--corpus", tfile, "--iters", "3")["texts_per_s"]
+            rows.append((f"tokenizer, {len(texts)} texts (texts/s)", ours, ref, ours / ref))
+    print(f"machine: {os.cpu_count()} threads, torch {torch.__version__}, threads={args.threads}")
+    print(f"{'measure':45} {'cnclip':>12} {'cn_clip':>12} {'ratio':>8}")
+    for name, ours, ref, ratio in rows:
+        print(f"{name:45} {ours:12.2f} {ref:12.2f} {ratio:7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
