@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cnclip_model::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
-use criterion::{criterion_group, Criterion, Throughput};
+use criterion::{Criterion, Throughput};
 
 fn corpus() -> Vec<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/corpus.jsonl");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/corpus.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(|line| {
@@ -32,8 +33,17 @@ fn subsets(all: &[String]) -> Vec<(&'static str, Vec<&str>)> {
     };
     vec![
         ("corpus", all.iter().map(String::as_str).collect()),
-        ("chinese", all.iter().filter(chinese).map(String::as_str).collect()),
-        ("ascii", all.iter().filter(|t| t.is_ascii()).map(String::as_str).collect()),
+        (
+            "chinese",
+            all.iter().filter(chinese).map(String::as_str).collect(),
+        ),
+        (
+            "ascii",
+            all.iter()
+                .filter(|t| t.is_ascii())
+                .map(String::as_str)
+                .collect(),
+        ),
     ]
 }
 
@@ -70,7 +80,10 @@ fn summary() {
             let start = Instant::now();
             let mut passes = 0u32;
             while start.elapsed() < Duration::from_millis(500) {
-                black_box(tok.encode_batch(black_box(&texts), DEFAULT_CONTEXT_LENGTH).unwrap());
+                black_box(
+                    tok.encode_batch(black_box(&texts), DEFAULT_CONTEXT_LENGTH)
+                        .unwrap(),
+                );
                 passes += 1;
             }
             best = best.min(start.elapsed().as_secs_f64() / f64::from(passes));
@@ -83,13 +96,14 @@ fn summary() {
     }
 }
 
-criterion_group!(benches, bench);
-
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
-    // `cargo bench -- --list` / `--test` (cargo test --benches) must stay quick.
-    if !std::env::args().any(|a| a == "--list" || a == "--test") {
+    let mut criterion = Criterion::default().configure_from_args();
+    bench(&mut criterion);
+    criterion.final_summary();
+    // Only under `cargo bench` (criterion's own runs), not `cargo test --benches` or `--list`.
+    let args: Vec<String> = std::env::args().collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if has("--bench") && !has("--list") && !has("--profile-time") {
         summary();
     }
 }

@@ -23,7 +23,8 @@ saved the way the official files are saved. Outputs, in crates/cnclip-model/test
                        only records the call). The loader must refuse them.
 - manifest.json        per fixture: file(s), cn_clip `CLIP(**kwargs)` arguments, the expected
                        `ClipConfig` (cnclip's serde JSON), the storage dtype.
-- <name>.expected.json per fixture: every canonical tensor's shape, first values and float64 sum.
+- <name>.expected.json per fixture: every canonical tensor's shape, first values, float64 sum and
+                       position-weighted sum.
 - preset_state_dicts.json  name and shape of every entry of cn_clip's own state dict for the five
                        official models (built on the meta device: no weights), to check cnclip's
                        expected-tensor table against the reference.
@@ -192,14 +193,18 @@ def canonical_state_dict(model):
 
 
 def expected_json(state_dict):
-    """Shape, first four values and float64 sum of every tensor, as stored (after dtype rounding)."""
+    """Per tensor, as stored (after dtype rounding): shape, first four values, float64 sum, and a
+    position-weighted float64 sum, sum(x[i] * (i % 97 + 1)) over the row-major flattening, which
+    changes when rows or elements are permuted (a q/k/v or transpose mix-up)."""
     out = {}
     for k, v in state_dict.items():
         flat = v.detach().to(torch.float64).flatten()
+        weights = (torch.arange(flat.numel(), dtype=torch.float64) % 97) + 1
         out[k] = dict(
             shape=list(v.shape),
             first=[float(x) for x in flat[:4]],
             sum=float(flat.sum()),
+            wsum=float((flat * weights).sum()),
         )
     return dict(tensors=out)
 
@@ -423,6 +428,61 @@ def preset_state_dicts():
     return out
 
 
+def save_legacy(obj, path):
+    """torch's legacy (pre-zip) format, made deterministic. torch names storages by memory
+    address and writes them sorted by that name, so the file changes from run to run; here the
+    storages are renamed to zero-padded ranks of first appearance (same length, so the pickle
+    stays valid) and written in that order."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    torch.save(obj, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    f = io.BytesIO(data)
+    for _ in range(3):
+        pickle.load(f)
+    main_start = f.tell()
+    elsize = {}
+
+    class _Record(pickle.Unpickler):
+        def persistent_load(self, pid):
+            _, storage_type, key, _, _, _ = pid
+            elsize[key] = torch.tensor([], dtype=storage_type(0).dtype).element_size()
+            return None
+
+        def find_class(self, module, name):
+            if (module, name) == ("collections", "OrderedDict"):
+                return collections.OrderedDict
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return lambda *args: None
+            if module == "torch" and name.endswith("Storage"):
+                return getattr(torch, name)
+            raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
+
+    _Record(f).load()
+    main = data[main_start: f.tell()]
+    keys = pickle.load(f)
+    storages = {}
+    for key in keys:
+        (numel,) = struct.unpack("<q", f.read(8))
+        storages[key] = struct.pack("<q", numel) + f.read(numel * elsize[key])
+    assert f.read() == b""
+
+    def enc(k):
+        return b"X" + struct.pack("<I", len(k)) + k.encode()
+
+    order = sorted(keys, key=lambda k: main.index(enc(k)))
+    rename = {k: f"{i:0{len(k)}d}" for i, k in enumerate(order)}
+    for k in order:
+        main = main.replace(enc(k), enc(rename[k]))
+    with open(path, "wb") as out:
+        out.write(data[:main_start] + main)
+        out.write(pickle.dumps([rename[k] for k in order], protocol=2))
+        for k in order:
+            out.write(storages[k])
+
+
 # ---- main ----
 
 def save_official(path, sd, *, prefix, extra=None, name="tiny"):
@@ -510,7 +570,7 @@ def main():
     model = build_model("vit_micro")
     sd = canonical_state_dict(model)
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(out, "vit_micro.safetensors"))
-    torch.save(sd, os.path.join(out, "vit_micro_legacy.pt"), _use_new_zipfile_serialization=False)
+    save_legacy(sd, os.path.join(out, "vit_micro_legacy.pt"))
     d = os.path.join(out, "hf_micro")
     shutil.rmtree(d, ignore_errors=True)
     hf_model_from_cnclip(kwargs, sd).save_pretrained(d, safe_serialization=True)

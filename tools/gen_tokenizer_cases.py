@@ -443,7 +443,8 @@ def write_table(path: str) -> None:
         "//! as inclusive ranges, sorted. Do not edit by hand.",
         "",
         f"/// Code points assigned in Unicode {unicodedata.unidata_version}, as sorted inclusive ranges.",
-        f"pub(super) static ASSIGNED: [(u32, u32); {len(runs)}] = [",
+        "#[rustfmt::skip]",
+        f"pub(super) const ASSIGNED: [(u32, u32); {len(runs)}] = [",
     ]
     row = "   "
     for lo, hi in runs:

@@ -41,7 +41,7 @@ impl Precision {
 /// progress bar if needed.
 pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     let spec = zoo::parse_model_arg(arg)?;
-    let resolver = Resolver::from_env();
+    let resolver = Resolver::from_env()?;
     Ok(resolver.resolve(&spec, &Bar::default())?)
 }
 
@@ -65,13 +65,31 @@ pub fn convert(model: &str, out: &Path) -> Result<()> {
 /// `cnclip models`: the zoo, sizes, and where each model resolves from right now.
 pub fn list_models(json: bool) -> Result<()> {
     use std::io::Write;
-    let resolver = Resolver::from_env();
+    let resolver = Resolver::from_env()?;
     let mut out = std::io::stdout().lock();
     for status in resolver.describe() {
+        let name = status.preset.name();
         let r = if json {
-            writeln!(out, "{}", serde_json::to_string(&status)?)
+            let line = serde_json::json!({
+                "name": name,
+                "file": status.file,
+                "parameters": status.parameter_count,
+                "size_bytes": status.size_bytes,
+                "cache_path": status.cache_path,
+                "location": status.location.to_string(),
+            });
+            writeln!(out, "{line}")
         } else {
-            writeln!(out, "{status}")
+            let size = match status.size_bytes {
+                Some(b) => format!("{:.0} MB", b as f64 / 1e6),
+                None => "size unknown".to_owned(),
+            };
+            writeln!(
+                out,
+                "{name:<13} {:>7.2}M params  {size:>12}  {}",
+                status.parameter_count as f64 / 1e6,
+                status.location
+            )
         };
         stdout_ok(r)?;
     }

@@ -225,7 +225,7 @@ impl Index {
     /// Rewrites the reader log when dead entries dominate it.
     pub(crate) fn maybe_compact_view(&mut self) -> Result<()> {
         let live = self.store.counters().view_live_bytes;
-        if self.view.len() > 2 * live + (1 << 20) {
+        if self.view.len() > 2 * live + (64 << 10) {
             self.view = ViewWriter::rewrite(&self.store)?;
         }
         Ok(())

@@ -83,6 +83,7 @@ mod verify;
 pub mod view;
 mod walk;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 pub use build::{BuildOptions, Indexer};
@@ -99,7 +100,12 @@ pub use verify::VerifyReport;
 /// `$XDG_DATA_HOME/cnclip/index`, else `~/.local/share/cnclip/index`. `None` when none of these
 /// variables is set.
 pub fn default_index_path() -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    default_index_path_from(&|name| std::env::var_os(name))
+}
+
+/// [`default_index_path`] with the environment given as a function (for tests).
+pub fn default_index_path_from(env: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let var = |name| env(name).filter(|v| !v.is_empty());
     if let Some(p) = var("CNCLIP_INDEX") {
         return Some(PathBuf::from(p));
     }

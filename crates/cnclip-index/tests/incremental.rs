@@ -213,22 +213,21 @@ fn not_an_index_and_not_empty() {
 
 #[test]
 fn default_index_path_follows_the_environment() {
-    // One test touches these variables, so there is no race between tests.
-    std::env::set_var("CNCLIP_INDEX", "/tmp/x-index");
-    assert_eq!(
-        cnclip_index::default_index_path().unwrap(),
-        Path::new("/tmp/x-index")
-    );
-    std::env::remove_var("CNCLIP_INDEX");
-    std::env::set_var("XDG_DATA_HOME", "/data");
-    assert_eq!(
-        cnclip_index::default_index_path().unwrap(),
-        Path::new("/data/cnclip/index")
-    );
-    std::env::remove_var("XDG_DATA_HOME");
-    std::env::set_var("HOME", "/home/u");
-    assert_eq!(
-        cnclip_index::default_index_path().unwrap(),
-        Path::new("/home/u/.local/share/cnclip/index")
-    );
+    use std::ffi::OsString;
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    };
+    let all = env(&[("CNCLIP_INDEX", "/x"), ("XDG_DATA_HOME", "/data"), ("HOME", "/home/u")]);
+    let path = cnclip_index::default_index_path_from;
+    assert_eq!(path(&all).unwrap(), Path::new("/x"));
+    let xdg = env(&[("CNCLIP_INDEX", ""), ("XDG_DATA_HOME", "/data"), ("HOME", "/home/u")]);
+    assert_eq!(path(&xdg).unwrap(), Path::new("/data/cnclip/index"));
+    let home = env(&[("HOME", "/home/u")]);
+    assert_eq!(path(&home).unwrap(), Path::new("/home/u/.local/share/cnclip/index"));
+    assert_eq!(path(&env(&[])), None);
 }

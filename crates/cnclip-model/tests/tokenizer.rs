@@ -27,8 +27,8 @@ fn corpus() -> Vec<Case> {
         .lines()
         .enumerate()
         .map(|(i, line)| {
-            let v: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("corpus.jsonl:{}: {e}", i + 1));
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("corpus.jsonl:{}: {e}", i + 1));
             let text = v["text"].as_str().expect("text").to_owned();
             let ids = v["ids"]
                 .as_array()
@@ -55,7 +55,11 @@ fn reference_row(ids: &[u32], context_length: usize) -> Vec<u32> {
 fn corpus_matches_cn_clip() {
     let tok = Tokenizer::chinese();
     let cases = corpus();
-    assert!(cases.len() >= 20_000, "corpus has only {} texts", cases.len());
+    assert!(
+        cases.len() >= 20_000,
+        "corpus has only {} texts",
+        cases.len()
+    );
     let mut mismatches = Vec::new();
     for case in &cases {
         let got = tok.ids(&case.text);
@@ -257,7 +261,19 @@ fn unicode_14_semantics_for_newer_characters() {
 fn basic_tokenizer_examples() {
     assert_eq!(
         basic_tokens(" Héllo,\tWORLD！ＡＢＣ１２３ 一只猫\u{2028}ﬁ İ ß"),
-        ["hello", ",", "world", "！", "ａｂｃ１２３", "一", "只", "猫", "ﬁ", "i", "ß"]
+        [
+            "hello",
+            ",",
+            "world",
+            "！",
+            "ａｂｃ１２３",
+            "一",
+            "只",
+            "猫",
+            "ﬁ",
+            "i",
+            "ß"
+        ]
     );
     assert_eq!(basic_tokens("\u{F900}"), ["\u{8C48}"]); // compatibility ideograph, decomposed
     assert_eq!(basic_tokens("\u{301}"), Vec::<String>::new());

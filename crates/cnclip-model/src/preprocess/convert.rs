@@ -32,6 +32,11 @@ pub(crate) fn resize_rgb8(img: &SourceImage, size: usize) -> Vec<u8> {
 pub(crate) fn resize_rgb8_to(img: &SourceImage, out_w: usize, out_h: usize) -> Vec<u8> {
     assert!(out_w > 0 && out_h > 0, "output size must be positive");
     let (w, h) = img.dims();
+    if (w, h) == (out_w, out_h) {
+        // `Image.resize` returns a copy when the size is already right: no premultiplication
+        // round trip for LA/RGBA, just the conversion.
+        return to_rgb(img);
+    }
     let src = match img.pixels() {
         Pixels::U8(v) => v.as_slice(),
         Pixels::U16(v) => {
@@ -54,6 +59,22 @@ pub(crate) fn resize_rgb8_to(img: &SourceImage, out_w: usize, out_h: usize) -> V
             .chunks_exact(4)
             .flat_map(cmyk_to_rgb)
             .collect(),
+        PixelMode::I16 => unreachable!("I;16 images hold 16-bit samples"),
+    }
+}
+
+/// `convert("RGB")` alone.
+fn to_rgb(img: &SourceImage) -> Vec<u8> {
+    let src = match img.pixels() {
+        Pixels::U8(v) => v.as_slice(),
+        Pixels::U16(v) => return v.iter().flat_map(|&v| [v.min(255) as u8; 3]).collect(),
+    };
+    match img.mode() {
+        PixelMode::Bilevel | PixelMode::L => grey_to_rgb(src),
+        PixelMode::Palette | PixelMode::Rgb => src.to_vec(),
+        PixelMode::La => src.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
+        PixelMode::Rgba => src.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        PixelMode::Cmyk => src.chunks_exact(4).flat_map(cmyk_to_rgb).collect(),
         PixelMode::I16 => unreachable!("I;16 images hold 16-bit samples"),
     }
 }

@@ -111,6 +111,12 @@ pub enum ImageError {
         /// The decoder's explanation.
         message: String,
     },
+    /// [`PreprocessOptions::size`] is 0.
+    #[error("{}: cannot resize to 0x0 pixels: the output size must be positive", path.display())]
+    ZeroSize {
+        /// The file.
+        path: PathBuf,
+    },
     /// A recognised format with a feature the decoder does not support.
     #[error("{}: unsupported image: {message}", path.display())]
     Unsupported {
@@ -188,14 +194,27 @@ pub fn normalize_chw(rgb: &[u8], size: usize) -> Vec<f32> {
     out
 }
 
-/// The whole of `image_transform(opts.size)` on an image already loaded: `3 * S * S` floats, CHW.
+/// The whole of `image_transform(size)` on an image already loaded: `3 * size * size` floats, CHW.
+///
+/// # Panics
+/// If `size` is 0.
 pub fn preprocess_image(img: &SourceImage, size: usize) -> Vec<f32> {
     normalize_chw(&resize_rgb8(img, size), size)
 }
 
 /// Loads `path` and applies `image_transform(opts.size)`: `3 * S * S` floats, CHW.
 pub fn preprocess_path(path: &Path, opts: &PreprocessOptions) -> Result<Vec<f32>, ImageError> {
+    check_size(path, opts)?;
     Ok(preprocess_image(&load_image(path, opts)?, opts.size))
+}
+
+fn check_size(path: &Path, opts: &PreprocessOptions) -> Result<(), ImageError> {
+    match opts.size {
+        0 => Err(ImageError::ZeroSize {
+            path: path.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// [`preprocess_path`] on bytes already in memory; `name` stands for the file in errors.
@@ -204,6 +223,7 @@ pub fn preprocess_bytes(
     name: &str,
     opts: &PreprocessOptions,
 ) -> Result<Vec<f32>, ImageError> {
+    check_size(Path::new(name), opts)?;
     Ok(preprocess_image(
         &load_image_from_memory(bytes, name, opts)?,
         opts.size,

@@ -129,13 +129,6 @@ fn horizontal_first(in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> boo
     !(dy > 0 && dy > dx * 2)
 }
 
-/// An image buffer: `width * height * channels` samples, row-major, channels interleaved.
-pub(crate) struct Plane<T> {
-    pub(crate) width: usize,
-    pub(crate) height: usize,
-    pub(crate) data: Vec<T>,
-}
-
 /// Resizes an 8-bit image with `C` interleaved channels to `out_w x out_h` with PIL's BICUBIC.
 ///
 /// `C` is 1 (L), 2 (premultiplied La), 3 (RGB) or 4 (premultiplied RGBa, CMYK); the channels are
@@ -180,6 +173,9 @@ pub(crate) fn bicubic_u8<const C: usize>(
 }
 
 /// `ImagingResampleHorizontal_8bpc` over `rows` rows of width `in_w`.
+///
+/// Plain scalar loops: splitting the weights into `i16` halves for `pmaddwd` dot products over
+/// channel planes was measured slower (65 vs 45 ms for 12 MP to 224) with only SSE2 to rely on.
 fn horizontal_u8<const C: usize>(
     src: &[u8],
     in_w: usize,
@@ -383,7 +379,8 @@ mod tests {
         assert!(!horizontal_first(300, 500, 224, 224));
         assert!(horizontal_first(500, 300, 224, 224));
         assert!(horizontal_first(4000, 3000, 224, 224));
-        assert!(!horizontal_first(3000, 4000, 224, 224));
+        assert!(horizontal_first(3000, 4000, 224, 224));
+        assert!(!horizontal_first(1000, 4000, 224, 224));
         assert!(horizontal_first(37, 23, 224, 224));
     }
 

@@ -12,7 +12,8 @@ use std::ops::ControlFlow;
 use unicode_general_category::GeneralCategory;
 
 use super::unicode::{
-    category, is_chinese, is_final_sigma, is_punctuation, is_python_space, push_decomposed, push_lower,
+    category, is_chinese, is_final_sigma, is_punctuation, is_python_space, push_decomposed,
+    push_lower,
 };
 
 /// What `_clean_text`, `_tokenize_chinese_chars` and `whitespace_tokenize` do with one character.
@@ -151,7 +152,14 @@ fn normalize(token: &str, norm: &mut String, marks: &mut Vec<(u8, char)>) {
             let before = token[..i].chars().rev();
             let after = token[i + 'Σ'.len_utf8()..].chars();
             // σ and ς are starters without a decomposition.
-            add(if is_final_sigma(before, after) { 'ς' } else { 'σ' }, 0);
+            add(
+                if is_final_sigma(before, after) {
+                    'ς'
+                } else {
+                    'σ'
+                },
+                0,
+            );
         } else {
             push_lower(c, |l| push_decomposed(l, &mut add));
         }

@@ -75,7 +75,9 @@ pub enum TokenizerError {
         lines: usize,
     },
     /// The context length cannot hold `[CLS]` and `[SEP]` (cn_clip fails an assertion there).
-    #[error("context length {context_length} is too short: it must be at least 2, for [CLS] and [SEP]")]
+    #[error(
+        "context length {context_length} is too short: it must be at least 2, for [CLS] and [SEP]"
+    )]
     ContextTooShort {
         /// The context length asked for.
         context_length: usize,
@@ -110,7 +112,8 @@ impl Tokenizer {
     pub fn chinese() -> &'static Tokenizer {
         static CHINESE: OnceLock<Tokenizer> = OnceLock::new();
         CHINESE.get_or_init(|| {
-            Tokenizer::from_vocab(CHINESE_VOCAB).expect("the bundled vocab has [UNK], [CLS] and [SEP]")
+            Tokenizer::from_vocab(CHINESE_VOCAB)
+                .expect("the bundled vocab has [UNK], [CLS] and [SEP]")
         })
     }
 
@@ -245,9 +248,8 @@ impl Tokenizer {
             return;
         }
         let end = out.len().saturating_add(limit);
-        let Scratch { basic, bounds, .. } = scratch;
-        let _ = basic::words(text, basic, &mut |word| {
-            self.vocab.push_pieces(word, self.unk, bounds, out);
+        let _ = basic::words(text, &mut scratch.basic, &mut |word| {
+            self.vocab.push_pieces(word, self.unk, out);
             if out.len() >= end {
                 out.truncate(end);
                 ControlFlow::Break(())
@@ -269,8 +271,6 @@ fn check_context(context_length: usize) -> Result<(), TokenizerError> {
 #[derive(Default)]
 struct Scratch {
     basic: BasicScratch,
-    /// Char boundaries of the current non-ASCII word.
-    bounds: Vec<usize>,
     /// Piece ids of the current text (encode).
     ids: Vec<u32>,
 }

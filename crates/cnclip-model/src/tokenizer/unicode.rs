@@ -24,15 +24,31 @@ use unicode_general_category::{get_general_category, GeneralCategory};
 
 use super::unicode14::ASSIGNED;
 
-/// Below this every code point is assigned in 14.0 and unchanged since (U+0378 is the first hole).
-const FIRST_UNASSIGNED: u32 = 0x378;
+/// [`ASSIGNED`] as a bitmap over planes 0–3 (32 KiB, built at compile time), where nearly all text
+/// lives; the planes above take a binary search.
+static ASSIGNED_LOW: [u64; (LOW_LIMIT / 64) as usize] = assigned_bitmap();
+const LOW_LIMIT: u32 = 0x40000;
+
+const fn assigned_bitmap() -> [u64; (LOW_LIMIT / 64) as usize] {
+    let mut bits = [0; (LOW_LIMIT / 64) as usize];
+    let mut i = 0;
+    while i < ASSIGNED.len() {
+        let (mut cp, hi) = ASSIGNED[i];
+        while cp <= hi && cp < LOW_LIMIT {
+            bits[(cp / 64) as usize] |= 1 << (cp % 64);
+            cp += 1;
+        }
+        i += 1;
+    }
+    bits
+}
 
 /// Whether `c` is assigned in Unicode 14.0 (Python 3.11's `unicodedata.category(c) != "Cn"`).
 #[inline]
 pub(super) fn assigned(c: char) -> bool {
     let cp = c as u32;
-    if cp < FIRST_UNASSIGNED || (0x4E00..=0x9FFF).contains(&cp) {
-        return true;
+    if cp < LOW_LIMIT {
+        return ASSIGNED_LOW[(cp / 64) as usize] & (1 << (cp % 64)) != 0;
     }
     ASSIGNED
         .binary_search_by(|&(lo, hi)| {

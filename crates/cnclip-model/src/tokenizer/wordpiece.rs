@@ -12,6 +12,11 @@ pub const MAX_INPUT_CHARS_PER_WORD: usize = 200;
 
 /// A vocabulary: ids by token, split into word-initial pieces and `##` continuations so that a lookup
 /// never builds `"##" + piece`.
+///
+/// Both maps also hold every prefix of every key (as [`PREFIX_ONLY`]), so that the longest match at a
+/// position is found walking forwards and stopping as soon as the text is no key's prefix: a few
+/// lookups per piece, where Python tries every end from the end of the word down. The first step of
+/// each walk, a single character, is a table lookup for the BMP: a CJK word never hashes.
 #[derive(Clone)]
 pub(super) struct Vocab {
     /// The token on each line, by id (the line number).
@@ -20,11 +25,16 @@ pub(super) struct Vocab {
     initial: HashMap<Box<str>, u32, FastHash>,
     /// Every token that starts with `##`, by its text after `##`.
     continuation: HashMap<Box<str>, u32, FastHash>,
-    /// The longest key of `initial`, in chars: no longer piece can match.
-    max_initial: usize,
-    /// The longest key of `continuation`, in chars.
-    max_continuation: usize,
+    /// The entries of the one-char keys below U+10000 (`ABSENT`, `PREFIX_ONLY` or an id), as
+    /// `[initial, continuation]` by code point: 512 KiB.
+    single: Box<[[u32; 2]]>,
 }
+
+/// The value of a key that is only the prefix of longer tokens. Never an id: ids are line numbers and
+/// [`Vocab::parse`] refuses that many lines.
+const PREFIX_ONLY: u32 = u32::MAX;
+/// In `single`: no key.
+const ABSENT: u32 = u32::MAX - 1;
 
 impl Vocab {
     /// `load_vocab`: one token per line, the id is the line number. As in Python, lines end at `\n`,
@@ -43,87 +53,95 @@ impl Vocab {
             tokens.push(Box::<str>::from(line.trim_matches(is_python_space)));
             rest = next;
         }
-        if u32::try_from(tokens.len()).is_err() {
-            return Err(TokenizerError::VocabTooLarge { lines: tokens.len() });
+        if tokens.len() >= ABSENT as usize {
+            return Err(TokenizerError::VocabTooLarge {
+                lines: tokens.len(),
+            });
         }
-        let mut initial = HashMap::with_capacity_and_hasher(tokens.len(), FastHash::default());
+        let mut initial = HashMap::with_capacity_and_hasher(2 * tokens.len(), FastHash::default());
         let mut continuation = HashMap::with_hasher(FastHash::default());
-        let (mut max_initial, mut max_continuation) = (0, 0);
         for (id, token) in tokens.iter().enumerate() {
-            let id = id as u32; // checked above
+            let id = id as u32; // < ABSENT, checked above
             initial.insert(token.clone(), id);
-            max_initial = max_initial.max(token.chars().count());
             if let Some(rest) = token.strip_prefix("##") {
                 continuation.insert(Box::from(rest), id);
-                max_continuation = max_continuation.max(rest.chars().count());
+            }
+        }
+        for map in [&mut initial, &mut continuation] {
+            let keys: Vec<Box<str>> = map.keys().cloned().collect();
+            for key in keys {
+                for (i, _) in key.char_indices().skip(1) {
+                    map.entry(Box::from(&key[..i])).or_insert(PREFIX_ONLY);
+                }
+            }
+        }
+        let mut single = vec![[ABSENT; 2]; 0x10000].into_boxed_slice();
+        for (k, map) in [&initial, &continuation].into_iter().enumerate() {
+            for (key, &entry) in map {
+                let mut chars = key.chars();
+                if let (Some(c), None) = (chars.next(), chars.next()) {
+                    if let Some(slot) = single.get_mut(c as usize) {
+                        slot[k] = entry;
+                    }
+                }
             }
         }
         Ok(Vocab {
             tokens,
             initial,
             continuation,
-            max_initial,
-            max_continuation,
+            single,
         })
     }
 
     /// The id of `token`, if the vocabulary has it.
     pub(super) fn id(&self, token: &str) -> Option<u32> {
-        self.initial.get(token).copied()
+        self.initial
+            .get(token)
+            .copied()
+            .filter(|&id| id != PREFIX_ONLY)
     }
 
-    /// Appends the pieces of one basic-tokenizer word to `out`: greedy longest-match-first, `##` on
-    /// every piece after the first; a word longer than [`MAX_INPUT_CHARS_PER_WORD`] or with a position
-    /// no piece matches is a single `unk` instead.
-    pub(super) fn push_pieces(
-        &self,
-        word: &str,
-        unk: u32,
-        bounds: &mut Vec<usize>,
-        out: &mut Vec<u32>,
-    ) {
-        let ok = if word.is_ascii() {
-            // Byte offsets are char offsets.
-            word.len() <= MAX_INPUT_CHARS_PER_WORD && self.greedy(word, word.len(), |k| k, out)
-        } else {
-            bounds.clear();
-            bounds.extend(word.char_indices().map(|(i, _)| i));
-            bounds.push(word.len());
-            let n = bounds.len() - 1;
-            n <= MAX_INPUT_CHARS_PER_WORD && self.greedy(word, n, |k| bounds[k], out)
-        };
-        if !ok {
+    /// Appends the pieces of one basic-tokenizer word to `out` (`WordpieceTokenizer.tokenize`): greedy
+    /// longest match first, `##` on every piece after the first; a word longer than
+    /// [`MAX_INPUT_CHARS_PER_WORD`] chars, or with a position where no piece matches, is one `unk`.
+    pub(super) fn push_pieces(&self, word: &str, unk: u32, out: &mut Vec<u32>) {
+        // A word has at most as many chars as bytes: count only when the bytes exceed the limit.
+        if word.len() > MAX_INPUT_CHARS_PER_WORD && word.chars().count() > MAX_INPUT_CHARS_PER_WORD
+        {
             out.push(unk);
+            return;
         }
-    }
-
-    /// The matching loop of `WordpieceTokenizer.tokenize` over a word of `n` chars whose char `k`
-    /// starts at byte `at(k)`. Python tries every end from the word's end down; ends further than the
-    /// longest vocabulary entry cannot match, so the search starts there. On failure `out` is restored.
-    fn greedy(&self, word: &str, n: usize, at: impl Fn(usize) -> usize, out: &mut Vec<u32>) -> bool {
         let len_before = out.len();
         let mut start = 0;
-        while start < n {
-            let (map, longest) = if start == 0 {
-                (&self.initial, self.max_initial)
+        while start < word.len() {
+            let (map, k) = if start == 0 {
+                (&self.initial, 0)
             } else {
-                (&self.continuation, self.max_continuation)
+                (&self.continuation, 1)
             };
-            let mut end = n.min(start + longest);
-            loop {
-                if end == start {
-                    out.truncate(len_before);
-                    return false;
+            let rest = &word[start..];
+            let mut longest = None;
+            for (i, c) in rest.char_indices() {
+                let end = i + c.len_utf8();
+                let entry = match self.single.get(c as usize) {
+                    Some(slot) if i == 0 => slot[k],
+                    _ => map.get(&rest[..end]).copied().unwrap_or(ABSENT),
+                };
+                match entry {
+                    ABSENT => break,
+                    PREFIX_ONLY => {}
+                    id => longest = Some((id, end)),
                 }
-                if let Some(&id) = map.get(&word[at(start)..at(end)]) {
-                    out.push(id);
-                    break;
-                }
-                end -= 1;
             }
-            start = end;
+            let Some((id, len)) = longest else {
+                out.truncate(len_before);
+                out.push(unk);
+                return;
+            };
+            out.push(id);
+            start += len;
         }
-        true
     }
 }
 

@@ -72,7 +72,11 @@ pub enum WeightsError {
         name: String,
     },
     /// A tensor has the wrong shape for the configuration.
-    #[error("tensor {name} has shape {}, expected {}", fmt_shape(shape), fmt_shape(expected))]
+    #[error(
+        "tensor {name} has shape {}, expected {}",
+        fmt_shape(shape),
+        fmt_shape(expected)
+    )]
     ShapeMismatch {
         /// Tensor name.
         name: String,

@@ -300,9 +300,9 @@ impl Sub {
     fn f64(&self, key: &str, default: f64) -> Result<f64, WeightsError> {
         match self.map.get(key) {
             None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| config_err(format!("{}.{key} is {v}, expected a number", self.name))),
+            Some(v) => v.as_f64().ok_or_else(|| {
+                config_err(format!("{}.{key} is {v}, expected a number", self.name))
+            }),
         }
     }
 
@@ -346,7 +346,11 @@ fn hf_config(top: &Map<String, Value>) -> Result<ClipConfig, WeightsError> {
     let v = Sub::new(top, "vision_config")?;
     let t = Sub::new(top, "text_config")?;
 
-    v.require("hidden_act", &v.str("hidden_act", "quick_gelu")?, "quick_gelu")?;
+    v.require(
+        "hidden_act",
+        &v.str("hidden_act", "quick_gelu")?,
+        "quick_gelu",
+    )?;
     let width = v.usize("hidden_size", 768)?;
     let intermediate = v.usize("intermediate_size", 3072)?;
     if intermediate != 4 * width {
@@ -497,7 +501,10 @@ mod tests {
         let VisionConfig::Vit(v) = cfg.vision else {
             panic!()
         };
-        assert_eq!((v.image_size, v.patch_size, v.width, v.head_width), (224, 16, 768, 64));
+        assert_eq!(
+            (v.image_size, v.patch_size, v.width, v.head_width),
+            (224, 16, 768, 64)
+        );
     }
 
     #[test]
@@ -508,7 +515,11 @@ mod tests {
             ("vision_config", "layer_norm_eps", json!(1e-6)),
             ("vision_config", "num_attention_heads", json!(7)),
             ("text_config", "hidden_act", json!("relu")),
-            ("text_config", "position_embedding_type", json!("relative_key")),
+            (
+                "text_config",
+                "position_embedding_type",
+                json!("relative_key"),
+            ),
             ("text_config", "vocab_size", json!("big")),
         ] {
             let json = json!({"model_type": "chinese_clip", sub: {key: val}});

@@ -149,12 +149,17 @@ fn load_dir(dir: &Path) -> Result<Checkpoint, WeightsError> {
             .in_file(dir)
         })?;
     let file = read_file(&weights, Some(&config)).map_err(|e| e.in_file(&weights))?;
-    finish(file.tensors, Some(config), CheckpointFormat::HfDirectory, dir)
+    finish(
+        file.tensors,
+        Some(config),
+        CheckpointFormat::HfDirectory,
+        dir,
+    )
 }
 
 fn read_config(path: &Path) -> Result<ClipConfig, WeightsError> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| WeightsError::io("cannot read", e).in_file(path))?;
+    let text =
+        fs::read_to_string(path).map_err(|e| WeightsError::io("cannot read", e).in_file(path))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         WeightsError::Config {
             reason: format!("not valid JSON: {e}"),
@@ -195,7 +200,10 @@ fn read_file(path: &Path, dir_config: Option<&ClipConfig>) -> Result<FileTensors
     let (raw, format) = if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         (torch::read_zip(path, &keep)?, CheckpointFormat::CnClipPt)
     } else if head.starts_with(&torch::LEGACY_MAGIC) {
-        (torch::read_legacy(&read_all()?, &keep)?, CheckpointFormat::CnClipPt)
+        (
+            torch::read_legacy(&read_all()?, &keep)?,
+            CheckpointFormat::CnClipPt,
+        )
     } else if st::sniff(head, len) {
         let (tensors, metadata) = st::read(&read_all()?, &keep)?;
         if dir_config.is_none() {
@@ -208,7 +216,10 @@ fn read_file(path: &Path, dir_config: Option<&ClipConfig>) -> Result<FileTensors
         }
         (tensors, CheckpointFormat::Safetensors)
     } else if looks_like_pickle(head) {
-        (torch::read_bare_pickle(&read_all()?)?, CheckpointFormat::CnClipPt)
+        (
+            torch::read_bare_pickle(&read_all()?)?,
+            CheckpointFormat::CnClipPt,
+        )
     } else {
         return Err(WeightsError::UnknownFormat {
             reason: "neither a torch checkpoint (zip or legacy pickle) nor safetensors".into(),

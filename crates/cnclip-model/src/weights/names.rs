@@ -129,10 +129,7 @@ fn resnet_tensors(t: &mut Table, c: &ResnetConfig, embed_dim: usize) {
 
 fn text_tensors(t: &mut Table, c: &TextConfig) {
     let h = c.hidden_size;
-    t.add(
-        "bert.embeddings.word_embeddings.weight",
-        &[c.vocab_size, h],
-    );
+    t.add("bert.embeddings.word_embeddings.weight", &[c.vocab_size, h]);
     t.add(
         "bert.embeddings.position_embeddings.weight",
         &[c.max_position_embeddings, h],
@@ -242,9 +239,12 @@ struct Shapes<'a>(&'a HashMap<String, Vec<usize>>);
 
 impl Shapes<'_> {
     fn dims<const N: usize>(&self, name: &str) -> Result<[usize; N], WeightsError> {
-        let shape = self.0.get(name).ok_or_else(|| WeightsError::MissingTensor {
-            name: name.to_string(),
-        })?;
+        let shape = self
+            .0
+            .get(name)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                name: name.to_string(),
+            })?;
         <[usize; N]>::try_from(shape.as_slice()).map_err(|_| WeightsError::Architecture {
             reason: format!(
                 "tensor {name} has shape {}, expected {N} dimensions",

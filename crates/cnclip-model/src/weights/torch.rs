@@ -93,7 +93,10 @@ fn read_entry<R: Read + std::io::Seek>(
 }
 
 /// Reads a legacy (pre-zip) `torch.save` stream held in memory.
-pub(crate) fn read_legacy(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Tensors, WeightsError> {
+pub(crate) fn read_legacy(
+    bytes: &[u8],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Tensors, WeightsError> {
     let mut pos = 0;
     let mut next = |what: &str| -> Result<Pickle, WeightsError> {
         let p = pickle::parse(&bytes[pos..]).map_err(|e| match e {
@@ -109,7 +112,9 @@ pub(crate) fn read_legacy(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<T
     let _magic = next("magic number")?;
     let protocol = next("protocol version")?;
     if protocol.get(protocol.root) != &Value::Int(1001) {
-        return Err(archive("legacy torch file with an unknown protocol version".into()));
+        return Err(archive(
+            "legacy torch file with an unknown protocol version".into(),
+        ));
     }
     let sys = next("system info")?;
     let big_endian = match sys.dict_get(sys.root, "little_endian").map(|v| sys.get(v)) {
@@ -237,7 +242,11 @@ fn state_dict_entries(p: &Pickle) -> Result<Vec<(String, TensorRef)>, WeightsErr
                 return Err(no(format!("state_dict entry {name} is {}", kind(other))))
             }
             _ => {
-                let keys: Vec<&str> = items.iter().filter_map(|&(k, _)| p.str(k)).take(8).collect();
+                let keys: Vec<&str> = items
+                    .iter()
+                    .filter_map(|&(k, _)| p.str(k))
+                    .take(8)
+                    .collect();
                 return Err(no(format!(
                     "no 'state_dict' entry, and the top-level dict is not a state dict (keys: {})",
                     keys.join(", ")
@@ -284,7 +293,9 @@ fn materialize(
         .size
         .iter()
         .zip(&t.stride)
-        .try_fold(1usize, |acc, (&s, &st)| acc.checked_add((s - 1).checked_mul(st)?));
+        .try_fold(1usize, |acc, (&s, &st)| {
+            acc.checked_add((s - 1).checked_mul(st)?)
+        });
     let end = span.and_then(|s| s.checked_add(t.offset));
     if end.is_none_or(|e| e > t.storage.numel) {
         return Err(archive(format!(
