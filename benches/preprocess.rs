@@ -4,6 +4,9 @@
 //! `cargo bench -p cnclip-model --bench preprocess`. For comparison, PIL on the same machine:
 //! `Image.open(f).resize((224, 224), Image.BICUBIC).convert("RGB")` + ToTensor/Normalize.
 
+// `criterion_group!` defines an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use cnclip_model::preprocess::{

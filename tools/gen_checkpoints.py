@@ -7,7 +7,9 @@ saved the way the official files are saved. Outputs, in crates/cnclip-model/test
 
 - vit_tiny.pt          ViT (image 64, patch 16, width 64, 2 layers) + BERT (vocab 21128, hidden 64,
                        2 layers), fp32, `{'epoch','step','name','state_dict'}` with `module.` keys and a
-                       `bert.pooler.*` that must be ignored. The main parity fixture.
+                       `bert.pooler.*` that must be ignored; `text_projection` stored column-major and
+                       `visual.ln_post.bias` as a slice at an offset of a larger storage. The main
+                       parity fixture.
 - vit336_tiny.pt       ViT at image 336, patch 14 (577 positions, as ViT-L-14-336), width 128 (2 heads);
                        fp16; unprefixed keys; a small `optimizer` entry that must be skipped.
 - rn_tiny.pt           ModifiedResNet layers [1,2,1,1], width 8 (4 attention-pool heads), image 64;
@@ -518,6 +520,11 @@ def main():
     h = FIXTURES["vit_tiny"]["text_hidden_size"]
     full["bert.pooler.dense.weight"] = torch.randn((h, h), generator=g)
     full["bert.pooler.dense.bias"] = torch.randn((h,), generator=g)
+    # Stored layouts a loader must honour (torch.save keeps storage, offset and strides):
+    # a column-major matrix and a slice at an offset inside a larger storage. Same values.
+    full["text_projection"] = full["text_projection"].t().contiguous().t()
+    bias = full["visual.ln_post.bias"]
+    full["visual.ln_post.bias"] = torch.cat([torch.ones(3), bias, torch.ones(5)])[3:3 + bias.numel()]
     save_official(os.path.join(out, "vit_tiny.pt"), full, prefix="module.", name="vit_tiny")
     write_expected("vit_tiny", canonical_state_dict(model))
     record("vit_tiny", "float32", pt="vit_tiny.pt")

@@ -118,8 +118,8 @@ CJK_EDGES = [0x2E80, 0x2F00, 0x3005, 0x3006, 0x3007, 0x3021, 0x3038, 0x33FF, 0x3
              0x2A6E0, 0x2A700, 0x2B734, 0x2B739, 0x2B73F, 0x2B740, 0x2B81D, 0x2B81F, 0x2B820, 0x2CEA1, 0x2CEAF,
              0x2CEB0, 0x2EBE0, 0x2EBF0, 0x2F7FF, 0x2F800, 0x2F801, 0x2FA1D, 0x2FA1F, 0x2FA20, 0x30000, 0x3134A,
              0x31350, 0x323AF]
-# Code points assigned after Unicode 14.0 (in 15.0-17.0), which Python 3.11 treats as unassigned but newer
-# Unicode tables (Rust's std and crates) know: new upper-case letters with lower-case mappings (U+1C89,
+# Code points assigned after Unicode 14.0, which Python 3.11 treats as unassigned but newer Unicode tables
+# (Rust's std and crates) know: new upper-case letters with lower-case mappings (U+1C89,
 # U+A7CB, U+A7DC, Garay), new Cf (U+13439..), new punctuation (U+11B00..), new marks (U+0897, U+1E4EC..),
 # new CJK outside BERT's ranges (U+2EBF0.., U+31350..). Derived with the Rust crates this port uses.
 POST_UNICODE_14 = [
@@ -142,8 +142,8 @@ POST_UNICODE_14 = [
     (0x1FACE, 0x1FACF), (0x1FADA, 0x1FADC), (0x1FADF, 0x1FADF), (0x1FAE8, 0x1FAE9), (0x1FAF7, 0x1FAF8),
     (0x1FBCB, 0x1FBEF), (0x2B739, 0x2B739), (0x2EBF0, 0x2EE5D), (0x31350, 0x323AF),
 ]
-# Characters whose properties changed between Unicode 14.0 and 17.0: U+0295 stopped being Lowercase (so not
-# Cased for the final-sigma rule), U+1171E went from Mn to Mc (so accent stripping keeps it).
+# Characters whose properties changed after Unicode 14.0: U+0295 stopped being Lowercase (so not Cased for
+# the final-sigma rule), U+1171E went from Mn to Mc (so accent stripping would keep it).
 CHANGED_SINCE_14 = ["\u0295", "\U0001171e"]
 HANGUL = "한국어 안녕하세요 서울 사진 고양이 강아지 바다 ᄀᄁᄂ ᅡᅢ ᆨᆩ 각 갃 힣 ㄱ ㅏ".split()
 KANA = "ひらがな カタカナ 東京タワー ｶﾀｶﾅ ﾊﾟﾝ ガ が ゔ ヴ ㋐ ㌀ ー 〜 ・ ゟ ヿ こんにちは ありがとう".split()

@@ -64,8 +64,12 @@ pub fn decode_image(bytes: &[u8], apply_orientation: bool) -> Result<DynamicImag
             .map_err(|e| format!("cannot read: {e}"))
     };
     let probe = reader()?;
-    if probe.format().is_none() {
-        return Err("not a recognised image format".into());
+    match probe.format() {
+        None => return Err("not a recognised image format".into()),
+        Some(image::ImageFormat::Jpeg) if jpeg_is_truncated(bytes) => {
+            return Err("truncated JPEG (no end-of-image marker after the last scan)".into())
+        }
+        Some(_) => {}
     }
     let (w, h) = probe.into_dimensions().map_err(reason)?;
     let pixels = u64::from(w) * u64::from(h);
@@ -93,6 +97,17 @@ pub fn decode_image(bytes: &[u8], apply_orientation: bool) -> Result<DynamicImag
         img.apply_orientation(o);
     }
     Ok(img)
+}
+
+/// Whether a JPEG stops before its end-of-image marker. The `image` crate's decoder fills a cut-off
+/// scan with grey and succeeds; Pillow refuses such files ("image file is truncated"), so do we.
+/// The last start-of-scan marker (`FF DA`) belongs to the main image (entropy-coded data cannot
+/// contain it, and an EXIF thumbnail comes before), and an `FF D9` must follow it.
+pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return true;
+    };
+    !bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 fn reason(e: image::ImageError) -> String {

@@ -100,6 +100,7 @@ fn corpus() -> Corpus {
     // Unusable.
     skipped.push((put(b"zero.jpg", b""), "empty"));
     skipped.push((put(b"truncated.png", &png[..png.len() / 2]), ""));
+    skipped.push((put(b"truncated.jpg", &jpeg[..jpeg.len() / 2]), ""));
     skipped.push((put(b"random.png", &[0x13u8; 300].map(|b| b ^ 0x5c)), "not a recognised"));
     let mut rng = common::Rng(9);
     let random: Vec<u8> = (0..999).map(|_| rng.next_u64() as u8).collect();

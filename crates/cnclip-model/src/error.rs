@@ -12,6 +12,9 @@ pub enum Error {
     /// Resolving a model name to files (cache, ModelScope, Hugging Face hub).
     #[error(transparent)]
     Resolve(#[from] crate::zoo::ResolveError),
+    /// Tokenizing a text (a context length under 2, a broken vocab).
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
     /// A tensor operation failed (shape mismatch inside the model, out of memory, …).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

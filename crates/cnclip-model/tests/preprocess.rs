@@ -36,10 +36,12 @@ fn cases(kind: &str) -> Vec<Vec<String>> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn opts(exif: bool) -> PreprocessOptions {
@@ -244,7 +246,11 @@ fn lossless_files_match_pil_exactly() {
         checked += 1;
     }
     assert!(checked >= 60, "only {checked} lossless file cases");
-    assert!(failures.is_empty(), "differ from PIL:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "differ from PIL:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Bounds for lossy files, a little above what was measured (JPEG: zune-jpeg in the `image` crate vs
@@ -306,7 +312,11 @@ fn exif_orientation_is_applied_by_default_and_can_be_turned_off() {
     for o in 1..=8u8 {
         let path = fixtures().join(format!("exif_{o}.jpg"));
         let on = load_image(&path, &opts(true)).unwrap();
-        assert_eq!(on, upright.clone().apply_exif_orientation(o), "orientation {o}");
+        assert_eq!(
+            on,
+            upright.clone().apply_exif_orientation(o),
+            "orientation {o}"
+        );
         let (w, h) = (on.width(), on.height());
         assert_eq!((w, h), if o >= 5 { (64, 96) } else { (96, 64) });
         let off = load_image(&path, &opts(false)).unwrap();
@@ -320,7 +330,10 @@ fn exif_orientation_is_applied_by_default_and_can_be_turned_off() {
 fn assert_names_path(err: &ImageError, path: &Path) {
     let msg = err.to_string();
     let prefix = format!("{}: ", path.display());
-    assert!(msg.starts_with(&prefix), "{msg:?} should start with {prefix:?}");
+    assert!(
+        msg.starts_with(&prefix),
+        "{msg:?} should start with {prefix:?}"
+    );
     let rest = &msg[prefix.len()..];
     assert!(
         rest.starts_with(|c: char| c.is_lowercase()),
@@ -384,7 +397,10 @@ fn truncated_jpegs_are_errors_but_trailing_data_is_fine() {
     let mut longer = jpg.clone();
     longer.extend(b"ftypmp42 trailing video data".repeat(100));
     let img = load_image_from_memory(&longer, "motion.jpg", &opts(true)).unwrap();
-    assert_eq!(img, load_image_from_memory(&jpg, "still.jpg", &opts(true)).unwrap());
+    assert_eq!(
+        img,
+        load_image_from_memory(&jpg, "still.jpg", &opts(true)).unwrap()
+    );
 }
 
 #[test]
@@ -404,7 +420,10 @@ fn bombs_are_refused_from_the_header() {
 
     // A JPEG whose frame header claims 60000 x 60000.
     let mut jpg = std::fs::read(fixtures().join("jpeg_q90.jpg")).unwrap();
-    let sof = jpg.windows(2).position(|w| w == [0xff, 0xc0]).expect("SOF0");
+    let sof = jpg
+        .windows(2)
+        .position(|w| w == [0xff, 0xc0])
+        .expect("SOF0");
     jpg[sof + 5..sof + 9].copy_from_slice(&[0xea, 0x60, 0xea, 0x60]);
     let err = load_image_from_memory(&jpg, "bomb.jpg", &opts(true)).unwrap_err();
     assert_eq!(too_large(err), (60_000, 60_000));
@@ -416,5 +435,8 @@ fn bombs_are_refused_from_the_header() {
         ..PreprocessOptions::default()
     };
     assert!(load_image(&png, &at(19_200)).is_ok());
-    assert_eq!(too_large(load_image(&png, &at(19_199)).unwrap_err()), (160, 120));
+    assert_eq!(
+        too_large(load_image(&png, &at(19_199)).unwrap_err()),
+        (160, 120)
+    );
 }

@@ -372,6 +372,86 @@ fn crafted_malicious_pickles_are_refused_and_nothing_runs() {
     assert!(!marker.exists(), "a payload ran");
 }
 
+/// A protocol-2 state-dict pickle as torch writes it: `{name: _rebuild_tensor_v2(storage, offset,
+/// size, stride, False, {})}` with storage `('storage', FloatStorage, '0', 'cpu', numel)`.
+fn state_dict_pickle(name: &str, numel: u64, offset: u64, size: &[u64], stride: &[u64]) -> Vec<u8> {
+    fn long(v: u64) -> Vec<u8> {
+        let mut b = vec![0x8a, 8];
+        b.extend(v.to_le_bytes());
+        b
+    }
+    fn string(s: &str) -> Vec<u8> {
+        let mut b = vec![b'X'];
+        b.extend((s.len() as u32).to_le_bytes());
+        b.extend(s.as_bytes());
+        b
+    }
+    let mut p = b"\x80\x02}(".to_vec();
+    p.extend(string(name));
+    p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+    p.extend(string("storage"));
+    p.extend(b"ctorch\nFloatStorage\n");
+    p.extend(string("0"));
+    p.extend(string("cpu"));
+    p.extend(long(numel));
+    p.extend(b"tQ");
+    p.extend(long(offset));
+    p.push(b'(');
+    size.iter().for_each(|&v| p.extend(long(v)));
+    p.extend(b"t(");
+    stride.iter().for_each(|&v| p.extend(long(v)));
+    p.extend(b"t\x89}tRu.");
+    p
+}
+
+#[test]
+fn storage_bounds_are_checked_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[u64], &[u64], u64, u64, &str); 4] = [
+        // A broadcast view with 2^40 elements over a 4-element storage.
+        (&[1 << 40], &[0], 4, 0, "more elements than its storage"),
+        // Sizes whose product overflows.
+        (
+            &[1 << 40, 1 << 40],
+            &[0, 0],
+            4,
+            0,
+            "more elements than its storage",
+        ),
+        // A view reaching past the end of its storage.
+        (
+            &[2, 2],
+            &[2, 1],
+            4,
+            1,
+            "reaches past the end of its storage",
+        ),
+        // The pickle claims more elements than the zip entry holds (16 bytes = 4 floats).
+        (
+            &[1000],
+            &[1],
+            1000,
+            0,
+            "holds 4 elements, the pickle says 1000",
+        ),
+    ];
+    for (i, (size, stride, numel, offset, msg)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("bounds{i}.pt"));
+        torch_zip(&path, &state_dict_pickle("x", numel, offset, size, stride));
+        let err = weights::load(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(err.contains(msg), "case {i}: {err}");
+    }
+    // A well-formed one: read (then refused as an incomplete model, naming what it lacks).
+    let path = dir.path().join("ok.pt");
+    torch_zip(&path, &state_dict_pickle("x", 4, 0, &[2, 2], &[1, 2]));
+    let err = weights::load(&path).unwrap_err().to_string();
+    assert!(
+        err.ends_with("tensor visual.conv1.weight is missing"),
+        "{err}"
+    );
+}
+
 #[test]
 fn truncated_or_corrupt_files_are_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();

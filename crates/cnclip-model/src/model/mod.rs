@@ -46,6 +46,7 @@ pub struct ChineseClip {
     vision: VisionTower,
     text: bert::TextTransformer,
     logit_scale: f32,
+    fingerprint: String,
     device: Device,
     dtype: DType,
 }
@@ -76,6 +77,7 @@ impl ChineseClip {
             .flatten_all()?
             .get(0)?
             .to_scalar::<f32>()?;
+        let fingerprint = weights_fingerprint(&config, &tensors)?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         let vision = match &config.vision {
             VisionConfig::Vit(c) => VisionTower::Vit(vit::VisionTransformer::new(
@@ -96,6 +98,7 @@ impl ChineseClip {
             vision,
             text,
             logit_scale,
+            fingerprint,
             device: device.clone(),
             dtype,
         })
@@ -119,6 +122,14 @@ impl ChineseClip {
     /// The learned temperature, `logit_scale` (before `exp`).
     pub fn logit_scale(&self) -> f32 {
         self.logit_scale
+    }
+
+    /// A short hex digest identifying these weights: SHA-256 over the configuration and, for every
+    /// tensor in name order, its name, shape and first 64 values. Two checkpoints with the same
+    /// fingerprint embed identically; an index records it so vectors of different weights are
+    /// never mixed, even when both are called `ViT-B-16`.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The device the model runs on.
@@ -196,8 +207,7 @@ impl ChineseClip {
         let rows: Vec<Vec<u32>> = texts
             .iter()
             .map(|t| tok.encode(t, context_length))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+            .collect::<std::result::Result<_, _>>()?;
         let longest = rows
             .iter()
             .map(|r| r.iter().rposition(|&id| id != 0).map_or(0, |p| p + 1))
@@ -264,6 +274,28 @@ impl ChineseClip {
             .map(|row| softmax(&row))
             .collect())
     }
+}
+
+fn weights_fingerprint(config: &ClipConfig, tensors: &HashMap<String, Tensor>) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(config).map_err(|e| Error::InvalidInput(e.to_string()))?);
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        h.update(name.as_bytes());
+        for d in t.dims() {
+            h.update((*d as u64).to_le_bytes());
+        }
+        let head = t.flatten_all()?;
+        let n = head.elem_count().min(64);
+        for v in head.narrow(0, 0, n)?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            h.update(v.to_le_bytes());
+        }
+    }
+    let digest = h.finalize();
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Returns `v / ‖v‖` (a zero vector stays zero).

@@ -73,7 +73,10 @@ fn to_rgb(img: &SourceImage) -> Vec<u8> {
         PixelMode::Bilevel | PixelMode::L => grey_to_rgb(src),
         PixelMode::Palette | PixelMode::Rgb => src.to_vec(),
         PixelMode::La => src.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
-        PixelMode::Rgba => src.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        PixelMode::Rgba => src
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
         PixelMode::Cmyk => src.chunks_exact(4).flat_map(cmyk_to_rgb).collect(),
         PixelMode::I16 => unreachable!("I;16 images hold 16-bit samples"),
     }
@@ -113,7 +116,10 @@ fn resize_la(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<
 fn resize_rgba(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<u8> {
     if src.chunks_exact(4).all(|p| p[3] == 255) {
         // Opaque: see `resize_la`; the colour bands alone give the same bytes.
-        let rgb: Vec<u8> = src.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+        let rgb: Vec<u8> = src
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect();
         return bicubic_u8::<3>(&rgb, w, h, out_w, out_h);
     }
     let premultiplied: Vec<u8> = src

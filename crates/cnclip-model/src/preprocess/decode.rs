@@ -90,10 +90,14 @@ pub(crate) fn decode(
     }
     let mut buf = vec![0u8; total];
     decoder.read_image(&mut buf).map_err(decode_err)?;
-    let img = into_mode(buf, color, mode, width, height).ok_or_else(|| ImageError::Unsupported {
-        path: path.to_path_buf(),
-        message: format!("cannot convert {color:?} pixels to mode {}", mode.pil_name()),
-    })?;
+    let img =
+        into_mode(buf, color, mode, width, height).ok_or_else(|| ImageError::Unsupported {
+            path: path.to_path_buf(),
+            message: format!(
+                "cannot convert {color:?} pixels to mode {}",
+                mode.pil_name()
+            ),
+        })?;
     Ok(img.apply_exif_orientation(orientation))
 }
 
@@ -240,7 +244,11 @@ fn bmp_palette_mode(bytes: &[u8]) -> Option<PixelMode> {
     if !matches!(bits, 1 | 4 | 8) {
         return None;
     }
-    let colors = if colors == 0 { 1usize << bits } else { colors as usize };
+    let colors = if colors == 0 {
+        1usize << bits
+    } else {
+        colors as usize
+    };
     let palette = bytes.get(14 + header..14 + header + padding * colors)?;
     let grey = (0..colors).all(|i| {
         let v = if colors == 2 { [0u8, 255][i] } else { i as u8 };
@@ -297,7 +305,10 @@ fn into_mode(
         buf
     } else if wide {
         buf.chunks_exact(2 * src_ch)
-            .flat_map(|p| pick.iter().map(move |&c| u16::from_ne_bytes([p[2 * c], p[2 * c + 1]]) >> 8))
+            .flat_map(|p| {
+                pick.iter()
+                    .map(move |&c| u16::from_ne_bytes([p[2 * c], p[2 * c + 1]]) >> 8)
+            })
             .map(|v| v as u8)
             .collect()
     } else {

@@ -34,6 +34,9 @@ pub use source::{PixelMode, SourceImage};
 /// Per-channel mean of `Normalize` in cn_clip's `image_transform` (OpenAI CLIP's values).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// Per-channel standard deviation of `Normalize` in cn_clip's `image_transform`.
+// The literals are cn_clip's as written; like `torch.as_tensor(std, dtype=float32)`, Rust rounds them
+// to the nearest f32.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// PIL's decompression-bomb threshold: `Image.open` raises `DecompressionBombError` above
@@ -141,7 +144,9 @@ pub fn load_image(path: &Path, opts: &PreprocessOptions) -> Result<SourceImage, 
     if len > max_len {
         return Err(ImageError::Decode {
             path: path.to_path_buf(),
-            message: format!("file is {len} bytes, more than an image within the pixel limit needs"),
+            message: format!(
+                "file is {len} bytes, more than an image within the pixel limit needs"
+            ),
         });
     }
     let bytes = std::fs::read(path).map_err(io_err)?;
@@ -237,8 +242,22 @@ mod tests {
     #[test]
     fn constants_are_the_f32_roundings_of_cn_clip_values() {
         // torch.as_tensor((0.48145466, ...), dtype=float32) gives these exact values.
-        assert_eq!(CLIP_MEAN, [0.48145466f64 as f32, 0.4578275f64 as f32, 0.40821073f64 as f32]);
-        assert_eq!(CLIP_STD, [0.26862954f64 as f32, 0.26130258f64 as f32, 0.27577711f64 as f32]);
+        assert_eq!(
+            CLIP_MEAN,
+            [
+                0.48145466f64 as f32,
+                0.4578275f64 as f32,
+                0.40821073f64 as f32
+            ]
+        );
+        assert_eq!(
+            CLIP_STD,
+            [
+                0.26862954f64 as f32,
+                0.26130258f64 as f32,
+                0.27577711f64 as f32
+            ]
+        );
         assert_eq!(DEFAULT_MAX_PIXELS, 178_956_970);
     }
 

@@ -248,7 +248,13 @@ fn round_up(f: f64) -> i32 {
 
 /// Resizes a 16-bit single-channel image (`I;16`) with PIL's BICUBIC: `f64` weights and sums, each pass
 /// rounded (`ROUND_UP`) and clamped to 0..=65535 (`ImagingResample*_16bpc`).
-pub(crate) fn bicubic_u16(src: &[u16], in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> Vec<u16> {
+pub(crate) fn bicubic_u16(
+    src: &[u16],
+    in_w: usize,
+    in_h: usize,
+    out_w: usize,
+    out_h: usize,
+) -> Vec<u16> {
     debug_assert_eq!(src.len(), in_w * in_h);
     let need_h = out_w != in_w;
     let need_v = out_h != in_h;
@@ -368,7 +374,10 @@ mod tests {
             for xx in 0..o {
                 let (_, k) = c.taps(xx);
                 let s: i32 = k.iter().sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() < 64, "{i}->{o} at {xx}: {s}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() < 64,
+                    "{i}->{o} at {xx}: {s}"
+                );
             }
         }
     }
@@ -400,6 +409,9 @@ mod tests {
             vec![Some(1), Some(3)],
             "centre of each 2-pixel cell, rounded down"
         );
-        assert_eq!(nearest_indices(2, 4), vec![Some(0), Some(0), Some(1), Some(1)]);
+        assert_eq!(
+            nearest_indices(2, 4),
+            vec![Some(0), Some(0), Some(1), Some(1)]
+        );
     }
 }

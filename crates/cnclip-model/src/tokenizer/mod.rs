@@ -108,7 +108,7 @@ impl fmt::Debug for Tokenizer {
 
 impl Tokenizer {
     /// The tokenizer of every official model: the bundled Chinese BERT vocabulary, built on first use
-    /// (~2 ms) and shared after that.
+    /// (about 10 ms) and shared after that.
     pub fn chinese() -> &'static Tokenizer {
         static CHINESE: OnceLock<Tokenizer> = OnceLock::new();
         CHINESE.get_or_init(|| {

@@ -1,16 +1,17 @@
 //! The Unicode properties the tokenizer needs, as Python 3.11 sees them.
 //!
 //! cn_clip's tokenizer takes every property from Python's Unicode database: `unicodedata.category`,
-//! `unicodedata.normalize("NFD")` and `str.lower()`. Python 3.11 ships Unicode 14.0; Rust's std (17.0 in
-//! Rust 1.95) and the `unicode-general-category` / `unicode-normalization` crates are newer, and not all
-//! of the same version. Measured over every code point, the newer tables differ from Python 3.11 on:
+//! `unicodedata.normalize("NFD")` and `str.lower()`. Python 3.11 ships Unicode 14.0; the Rust tables
+//! are newer, and not even of one version: std 17.0 (Rust 1.95: `to_lowercase`, `is_lowercase`),
+//! `unicode-general-category` 1.1 16.0, `unicode-normalization` 0.1.26 18.0. Measured over every code
+//! point, they differ from Python 3.11 on:
 //!
-//! - the ~10,400 code points assigned in Unicode 15.0–17.0 (to Python 3.11 they are unassigned, `Cn`:
-//!   kept, never lower-cased, decomposed, split off or stripped; e.g. U+A7CB `Ꟍ` stays upper-case and the
-//!   Egyptian format controls U+13439.. stay in the text);
-//! - U+0295 `ʕ`, which Unicode 16 took out of `Lowercase` (so it is no longer `Cased`), but which is cased
-//!   in 14.0 and so turns a following `Σ` into a final `ς`;
-//! - U+1171E AHOM CONSONANT SIGN MEDIAL RA, `Mn` in 14.0 (so accent stripping drops it) and `Mc` since.
+//! - the ~10,400 code points assigned after 14.0 (to Python 3.11 they are unassigned, `Cn`: kept, never
+//!   lower-cased, decomposed, split off or stripped; e.g. U+A7CB `Ꟍ` (16.0) stays upper-case and the
+//!   Egyptian format controls U+13439.. (15.0) stay in the text);
+//! - U+0295 `ʕ`, no longer `Lowercase` (so not `Cased`) in std's 17.0 tables, but cased in 14.0, where it
+//!   turns a following `Σ` into a final `ς`;
+//! - U+1171E AHOM CONSONANT SIGN MEDIAL RA, `Mn` in 14.0 (so accent stripping drops it), `Mc` in 16.0.
 //!
 //! Every lookup here therefore first asks [`assigned`] (the Unicode 14.0 table generated from Python) and
 //! then patches the two changed characters. The tokenizer matches cn_clip *as run on Python 3.11*: under

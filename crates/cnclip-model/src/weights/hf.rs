@@ -50,7 +50,16 @@ const VIT_BLOCK_RENAMES: [(&str, &str); 5] = [
     ("mlp.fc2", "mlp.c_proj"),
 ];
 
-fn transpose(t: &Tensor) -> Result<Tensor, WeightsError> {
+/// A projection matrix, transposed (`nn.Linear` stores `[out, in]`, cn_clip `x @ proj` `[in, out]`).
+fn transpose(name: &str, t: &Tensor) -> Result<Tensor, WeightsError> {
+    if t.rank() != 2 {
+        return Err(WeightsError::Convert {
+            reason: format!(
+                "tensor {name} has shape {}, expected a matrix",
+                super::error::fmt_shape(t.dims())
+            ),
+        });
+    }
     Ok(t.t()?.contiguous()?)
 }
 
@@ -66,10 +75,10 @@ pub(crate) fn hf_to_canonical(
         let canonical = if let Some(rest) = name.strip_prefix("text_model.") {
             format!("bert.{rest}")
         } else if name == "text_projection.weight" {
-            out.insert("text_projection".to_string(), transpose(&t)?);
+            out.insert("text_projection".to_string(), transpose(&name, &t)?);
             continue;
         } else if name == "visual_projection.weight" {
-            out.insert("visual.proj".to_string(), transpose(&t)?);
+            out.insert("visual.proj".to_string(), transpose(&name, &t)?);
             continue;
         } else if let Some(rest) = name.strip_prefix("vision_model.") {
             match vision_name(rest) {
@@ -86,19 +95,23 @@ pub(crate) fn hf_to_canonical(
         out.insert(canonical, t);
     }
     for ((layer, kind), parts) in qkv {
-        let mut ts = Vec::with_capacity(3);
+        let mut ts: Vec<Tensor> = Vec::with_capacity(3);
         for (which, part) in parts.into_iter().enumerate() {
-            match part {
-                Some(t) => ts.push(t),
-                None => {
-                    let qkv = ["q", "k", "v"][which];
-                    return Err(WeightsError::MissingTensor {
-                        name: format!(
-                            "vision_model.encoder.layers.{layer}.self_attn.{qkv}_proj.{kind}"
-                        ),
+            let name = format!(
+                "vision_model.encoder.layers.{layer}.self_attn.{}_proj.{kind}",
+                ["q", "k", "v"][which]
+            );
+            let t = part.ok_or_else(|| WeightsError::MissingTensor { name: name.clone() })?;
+            if let Some(q) = ts.first() {
+                if q.dims() != t.dims() {
+                    return Err(WeightsError::ShapeMismatch {
+                        name,
+                        shape: t.dims().to_vec(),
+                        expected: q.dims().to_vec(),
                     });
                 }
             }
+            ts.push(t);
         }
         let fused = Tensor::cat(&ts, 0)?;
         out.insert(
@@ -176,11 +189,11 @@ pub(crate) fn canonical_to_hf(
         }
         let plain = match name.as_str() {
             "text_projection" => {
-                out.push(("text_projection.weight".into(), transpose(t)?));
+                out.push(("text_projection.weight".into(), transpose(name, t)?));
                 continue;
             }
             "visual.proj" => {
-                out.push(("visual_projection.weight".into(), transpose(t)?));
+                out.push(("visual_projection.weight".into(), transpose(name, t)?));
                 continue;
             }
             "logit_scale" => "logit_scale".to_string(),

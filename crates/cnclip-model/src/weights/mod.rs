@@ -186,10 +186,6 @@ fn keep(name: &str) -> bool {
 
 fn read_file(path: &Path, dir_config: Option<&ClipConfig>) -> Result<FileTensors, WeightsError> {
     let mut f = fs::File::open(path).map_err(|e| WeightsError::io("cannot open", e))?;
-    let len = f
-        .metadata()
-        .map_err(|e| WeightsError::io("cannot read", e))?
-        .len();
     let mut head = [0u8; 16];
     let n = read_up_to(&mut f, &mut head).map_err(|e| WeightsError::io("cannot read", e))?;
     let head = &head[..n];
@@ -204,7 +200,7 @@ fn read_file(path: &Path, dir_config: Option<&ClipConfig>) -> Result<FileTensors
             torch::read_legacy(&read_all()?, &keep)?,
             CheckpointFormat::CnClipPt,
         )
-    } else if st::sniff(head, len) {
+    } else if st::sniff(head) {
         let (tensors, metadata) = st::read(&read_all()?, &keep)?;
         if dir_config.is_none() {
             if let Some(json) = metadata.get(METADATA_CONFIG_KEY) {

@@ -48,7 +48,7 @@ pub(crate) fn read_zip(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tenso
         .map(str::to_owned)
         .ok_or_else(|| archive("no data.pkl entry: not a torch checkpoint".into()))?;
     let prefix = pkl_name.strip_suffix("data.pkl").unwrap_or("").to_owned();
-    let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES)?;
+    let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES + 1)?;
     let big_endian = match zip.by_name(&format!("{prefix}byteorder")) {
         Ok(mut f) => {
             let mut s = String::new();
@@ -67,7 +67,17 @@ pub(crate) fn read_zip(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tenso
     let mut out = Vec::new();
     for (key, tensors) in groups {
         let entry = format!("{prefix}data/{key}");
-        let bytes = read_entry(&mut zip, &entry, u64::MAX)?;
+        // The storage's size per the pickle, plus one byte so that a complete read reaches the
+        // entry's end (and its CRC check).
+        let needed = tensors
+            .iter()
+            .map(|(_, t)| {
+                let s = &t.storage;
+                (s.view_offset as u64 + s.numel as u64).saturating_mul(s.dtype.size() as u64)
+            })
+            .max()
+            .unwrap_or(0);
+        let bytes = read_entry(&mut zip, &entry, needed.saturating_add(1))?;
         for (name, t) in tensors {
             out.push((name.clone(), materialize(&name, &bytes, &t, big_endian)?));
         }
@@ -75,20 +85,24 @@ pub(crate) fn read_zip(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tenso
     Ok(out)
 }
 
+/// Reads at most `limit` bytes of an entry. Memory grows with the bytes actually read, so a
+/// corrupt size field or a deflate bomb cannot make us allocate more than `limit`. A complete
+/// read (the entry is shorter than `limit`) also verifies the entry's CRC-32.
 fn read_entry<R: Read + std::io::Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
-    max: u64,
+    limit: u64,
 ) -> Result<Vec<u8>, WeightsError> {
-    let mut f = zip
+    let f = zip
         .by_name(name)
         .map_err(|e| archive(format!("entry {name}: {e}")))?;
-    if f.size() > max {
-        return Err(archive(format!("entry {name} is {} bytes", f.size())));
-    }
-    let mut buf = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut buf)
+    let mut buf = Vec::with_capacity(f.size().min(limit).min(1 << 30) as usize);
+    f.take(limit)
+        .read_to_end(&mut buf)
         .map_err(|e| archive(format!("cannot read entry {name}: {e}")))?;
+    if buf.len() as u64 == limit {
+        return Err(archive(format!("entry {name} is larger than expected")));
+    }
     Ok(buf)
 }
 
@@ -180,6 +194,13 @@ pub(crate) fn read_legacy(
 
 /// A file that is a pickle but not a torch checkpoint: parsed only to refuse or to explain.
 pub(crate) fn read_bare_pickle(bytes: &[u8]) -> Result<Tensors, WeightsError> {
+    // A protocol 0/1 pickle starts with a printable opcode: require its final STOP too before
+    // calling a text file a pickle.
+    if bytes.first() != Some(&0x80) && bytes.last() != Some(&b'.') {
+        return Err(WeightsError::UnknownFormat {
+            reason: "neither a torch checkpoint (zip or legacy pickle) nor safetensors".into(),
+        });
+    }
     pickle::parse(bytes)?;
     Err(WeightsError::UnknownFormat {
         reason: "a bare pickle without tensor data (not a torch.save file)".into(),
@@ -284,7 +305,17 @@ fn materialize(
             base.saturating_add(t.storage.numel)
         )));
     }
-    let numel: usize = t.size.iter().product();
+    let numel = t
+        .size
+        .iter()
+        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+        .filter(|&n| n <= t.storage.numel.max(1))
+        .ok_or_else(|| {
+            archive(format!(
+                "tensor {name} has more elements than its storage {}",
+                t.storage.key
+            ))
+        })?;
     if numel == 0 {
         return Ok(Tensor::zeros(t.size.as_slice(), DType::F32, &Device::Cpu)?);
     }
