@@ -407,7 +407,9 @@ fn state_dict_pickle(name: &str, numel: u64, offset: u64, size: &[u64], stride: 
 #[test]
 fn storage_bounds_are_checked_before_allocating() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[u64], &[u64], u64, u64, &str); 4] = [
+    // (size, stride, storage elements, offset, expected message)
+    type Case = (&'static [u64], &'static [u64], u64, u64, &'static str);
+    let cases: [Case; 4] = [
         // A broadcast view with 2^40 elements over a 4-element storage.
         (&[1 << 40], &[0], 4, 0, "more elements than its storage"),
         // Sizes whose product overflows.
