@@ -195,7 +195,9 @@ def main():
     ]
 
     # ---- synthetic cases: the resampler in every mode ----
-    shapes = [(640, 480), (300, 500), (500, 300), (37, 23), (224, 224), (1000, 150), (150, 1000)]
+    # Both pass orders, upscale, identity, one axis unchanged (224 wide or high), mixed up/down.
+    shapes = [(640, 480), (300, 500), (500, 300), (37, 23), (224, 224), (224, 500), (500, 224),
+              (1000, 150), (150, 1000)]
     modes = ["RGB", "RGBA", "L", "LA", "P", "1", "CMYK", "I;16"]
     keep_png = {("RGB", 640, 480, "photo", 224), ("RGBA", 640, 480, "photo", 224),
                 ("LA", 640, 480, "photo", 224), ("CMYK", 640, 480, "photo", 224),

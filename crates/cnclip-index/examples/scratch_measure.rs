@@ -25,8 +25,18 @@ fn main() {
     let efc: usize = args[3].parse().unwrap();
     let m: usize = args.get(4).map(|s| s.parse().unwrap()).unwrap_or(16);
     let mut r = Rng(42);
-    let data: Vec<Vec<f32>> = (0..n).map(|_| unit(&mut r, dim)).collect();
-    let queries: Vec<Vec<f32>> = (0..200).map(|_| unit(&mut r, dim)).collect();
+    let rank: usize = args.get(5).map(|s| s.parse().unwrap()).unwrap_or(0);
+    let basis: Vec<Vec<f32>> = (0..rank).map(|_| unit(&mut r, dim)).collect();
+    let mut gen = |r: &mut Rng| -> Vec<f32> {
+        if rank == 0 { return unit(r, dim); }
+        let mut v = vec![0f32; dim];
+        for b in &basis { let z = r.normal(); for (x, y) in v.iter_mut().zip(b) { *x += z * y; } }
+        let noise = 0.3 / (dim as f32).sqrt() * (rank as f32).sqrt();
+        for x in v.iter_mut() { *x += noise * r.normal(); }
+        cnclip_index::normalize(&mut v).unwrap(); v
+    };
+    let data: Vec<Vec<f32>> = (0..n).map(|_| gen(&mut r)).collect();
+    let queries: Vec<Vec<f32>> = (0..200).map(|_| gen(&mut r)).collect();
     let mut flat = FlatVectors::new(dim);
     for (i, v) in data.iter().enumerate() { flat.insert(i as u64, v); }
     let t = Instant::now();

@@ -95,7 +95,8 @@ impl Index {
     pub fn create(dir: &Path, identity: &ModelIdentity) -> Result<Index> {
         match fs::read_dir(dir) {
             Ok(mut it) => {
-                if it.next().is_some() {
+                // A leftover of a creation that crashed is not content.
+                if it.any(|e| e.map_or(true, |e| e.file_name() != crate::store::CREATING)) {
                     return Err(Error::NotEmpty { path: dir.into() });
                 }
             }
@@ -133,6 +134,9 @@ impl Index {
     fn finish_open(dir: &Path, store: Store) -> Result<Index> {
         // The reader log must end where sled ends before anything is appended to it.
         let (view, _rewritten) = ViewWriter::open(&store)?;
+        // Leftovers of snapshots interrupted by a crash.
+        let current = graph::read_manifest(dir).ok().flatten().map(|m| m.dir);
+        graph::remove_stale(dir, current.as_deref());
         Ok(Index {
             dir: dir.into(),
             store,

@@ -162,9 +162,16 @@ pub(crate) fn db_path(dir: &Path) -> PathBuf {
     dir.join("db")
 }
 
+/// Name of a database being created.
+pub(crate) const CREATING: &str = "db.creating";
+
 fn open_db(dir: &Path) -> Result<sled::Db> {
+    open_db_at(&db_path(dir), dir)
+}
+
+fn open_db_at(path: &Path, dir: &Path) -> Result<sled::Db> {
     sled::Config::new()
-        .path(db_path(dir))
+        .path(path)
         .cache_capacity(64 << 20)
         .open()
         .map_err(|e| match e {
@@ -181,27 +188,32 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
 impl Store {
     /// Creates the database of a new index in `dir` (which exists and holds no database).
     pub fn create(dir: &Path, identity: &ModelIdentity, uuid: &str) -> Result<Store> {
-        let db = open_db(dir)?;
-        let mut b = sled::Batch::default();
-        b.insert(meta_key("format_version"), FORMAT_VERSION.to_le_bytes().to_vec());
-        b.insert(
-            meta_key("identity"),
-            serde_json::to_vec(identity).expect("serializable"),
-        );
-        b.insert(meta_key("uuid"), uuid.as_bytes());
-        let counters = Counters::default();
-        put_counters(&mut b, &counters);
-        let store = Store {
-            db,
-            dir: dir.into(),
-            identity: identity.clone(),
-            uuid: uuid.into(),
-            format_version: FORMAT_VERSION,
-            counters,
-        };
-        store.db.apply_batch(b).map_err(|e| store.db_err(e))?;
-        store.flush()?;
-        Ok(store)
+        // Made under a temporary name and renamed into place once durable: a crash during
+        // creation leaves no half-made index behind, only a temporary directory the next
+        // creation removes.
+        let tmp = dir.join(CREATING);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        {
+            let db = open_db_at(&tmp, dir)?;
+            let mut b = sled::Batch::default();
+            b.insert(meta_key("format_version"), FORMAT_VERSION.to_le_bytes().to_vec());
+            b.insert(
+                meta_key("identity"),
+                serde_json::to_vec(identity).expect("serializable"),
+            );
+            b.insert(meta_key("uuid"), uuid.as_bytes());
+            put_counters(&mut b, &Counters::default());
+            let err = |e| Error::Db {
+                path: dir.into(),
+                source: e,
+            };
+            db.apply_batch(b).map_err(err)?;
+            db.flush().map_err(err)?;
+        }
+        crate::fsutil::rename_durably(&tmp, &db_path(dir))?;
+        Store::open(dir)
     }
 
     /// Opens the database of an existing index, checking the format version.

@@ -36,7 +36,11 @@ fn fixtures() -> PathBuf {
 }
 
 fn expected(name: &str) -> Expected {
-    let path = fixtures().join("parity").join(format!("{name}.json"));
+    expected_in(&fixtures(), name)
+}
+
+fn expected_in(dir: &Path, name: &str) -> Expected {
+    let path = dir.join("parity").join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
@@ -72,14 +76,22 @@ fn max_abs_diff(ours: &[Vec<f32>], reference: &[Vec<f64>]) -> f32 {
 }
 
 fn load(checkpoint: &str, dtype: DType) -> ChineseClip {
-    let path = fixtures().join("models").join(checkpoint);
+    load_from(&fixtures().join("models").join(checkpoint), dtype)
+}
+
+fn load_from(path: &Path, dtype: DType) -> ChineseClip {
     ChineseClip::load(&path, &Device::Cpu, dtype)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn check_family(name: &str) {
-    let exp = expected(name);
-    let model = load(&exp.checkpoint, DType::F32);
+    check(&fixtures(), &fixtures().join("models"), name, true);
+}
+
+/// Compares one model against its reference file; `half` also runs the f16/bf16 checks.
+fn check(dir: &Path, models: &Path, name: &str, half: bool) {
+    let exp = expected_in(dir, name);
+    let model = load_from(&models.join(&exp.checkpoint), DType::F32);
     assert_eq!(model.image_size(), exp.image_size);
     assert!((model.logit_scale() as f64 - exp.logit_scale).abs() < 1e-6);
     let texts: Vec<&str> = exp.texts.iter().map(String::as_str).collect();
@@ -133,9 +145,12 @@ fn check_family(name: &str) {
         );
     }
 
+    if !half {
+        return;
+    }
     // Half precision never gives NaN and stays close.
     for dtype in [DType::F16, DType::BF16] {
-        let half = load(&exp.checkpoint, dtype);
+        let half = load_from(&models.join(&exp.checkpoint), dtype);
         let img = half.encode_image_data(&pixels(1, exp.image_size)).unwrap();
         let txt: Vec<Vec<f32>> = half.encode_token_ids(&ids).unwrap().to_vec2().unwrap();
         for row in img.iter().chain(&txt) {
@@ -189,4 +204,24 @@ fn zero_shot_probabilities_sum_to_one_and_follow_similarity() {
         assert_eq!(argmax(p), argmax(l));
     }
     assert!(model.classify(&images, &[]).is_err());
+}
+
+/// Full-size parity for the five official architectures (random weights, official shapes), run
+/// locally: see `tools/gen_fullsize.py`. Set `CNCLIP_FULL_PARITY_DIR` to its output directory.
+#[test]
+#[ignore = "needs multi-GB checkpoints made by tools/gen_fullsize.py"]
+fn full_size_models_match_cn_clip() {
+    let dir =
+        PathBuf::from(std::env::var("CNCLIP_FULL_PARITY_DIR").expect("CNCLIP_FULL_PARITY_DIR"));
+    let only = std::env::var("CNCLIP_FULL_PARITY_ONLY").ok();
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("parity"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(str::to_owned))
+        .filter(|n| only.as_deref().is_none_or(|o| o == n))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty());
+    for name in names {
+        check(&dir, &dir, &name, false);
+    }
 }

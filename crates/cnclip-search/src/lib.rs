@@ -215,6 +215,12 @@ impl Searcher {
         self.state.paths.is_empty()
     }
 
+    /// Whether `path` (absolute, as indexed) is in the index.
+    pub fn contains(&self, path: &Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.state.paths.contains_key(path.as_os_str().as_bytes())
+    }
+
     /// Distinct vectors.
     pub fn vectors(&self) -> usize {
         self.state.live.len()

@@ -271,7 +271,7 @@ fn print_embedding(
 
 fn classify(
     model: &str,
-    image: &PathBuf,
+    image: &std::path::Path,
     labels: &[String],
     json: bool,
     common: &ModelArgs,

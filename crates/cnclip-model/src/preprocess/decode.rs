@@ -72,7 +72,7 @@ pub(crate) fn decode(
     let color = decoder.color_type();
     let mode = pil_mode(format, bytes, color).ok_or_else(|| ImageError::Unsupported {
         path: path.to_path_buf(),
-        message: format!("pixel format {color:?} is not supported"),
+        message: format!("{} pixels are not supported", color_name(color)),
     })?;
     let total = usize::try_from(decoder.total_bytes()).map_err(|_| ImageError::TooLarge {
         path: path.to_path_buf(),
@@ -94,11 +94,29 @@ pub(crate) fn decode(
         into_mode(buf, color, mode, width, height).ok_or_else(|| ImageError::Unsupported {
             path: path.to_path_buf(),
             message: format!(
-                "cannot convert {color:?} pixels to mode {}",
+                "cannot convert {} pixels to mode {}",
+                color_name(color),
                 mode.pil_name()
             ),
         })?;
     Ok(img.apply_exif_orientation(orientation))
+}
+
+/// A readable name of a decoded pixel layout, for error messages.
+fn color_name(color: ColorType) -> &'static str {
+    match color {
+        ColorType::L8 => "8-bit grey",
+        ColorType::La8 => "8-bit grey+alpha",
+        ColorType::Rgb8 => "8-bit rgb",
+        ColorType::Rgba8 => "8-bit rgba",
+        ColorType::L16 => "16-bit grey",
+        ColorType::La16 => "16-bit grey+alpha",
+        ColorType::Rgb16 => "16-bit rgb",
+        ColorType::Rgba16 => "16-bit rgba",
+        ColorType::Rgb32F => "32-bit float rgb",
+        ColorType::Rgba32F => "32-bit float rgba",
+        _ => "unknown",
+    }
 }
 
 /// The mode PIL opens the file in, from the format's header where the decoded color type does not
@@ -145,9 +163,10 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
                 };
                 pos += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
                 if marker == 0xDA {
+                    // Searched from the end, where a complete file has it.
                     return bytes
                         .get(pos..)
-                        .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]));
+                        .is_some_and(|rest| rest.windows(2).rev().any(|w| w == [0xFF, 0xD9]));
                 }
             }
             _ => return false,

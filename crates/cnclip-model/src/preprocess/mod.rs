@@ -7,9 +7,12 @@
 //! operation (Pillow 13.0's `Resample.c`): on lossless inputs the 8-bit RGB it produces is identical to
 //! PIL's, byte for byte, for `RGB`, `RGBA`, `L`, `LA`, `P`, `1`, `CMYK` and `I;16` images.
 //!
-//! Decoding uses the `image` crate. Lossless formats decode to the same pixels as PIL's; JPEG decoders
-//! differ by a few levels on some pixels (`image`'s zune-jpeg vs PIL's libjpeg-turbo), which the
-//! resize mostly averages away. Two deliberate differences from cn_clip, both options:
+//! Decoding uses the `image` crate. Lossless formats (PNG of every colour type and depth, GIF, BMP,
+//! lossless WebP, TIFF) decode to PIL's pixels in PIL's mode, so the end result is identical. JPEG
+//! decoders differ slightly (zune-jpeg vs PIL's libjpeg-turbo): after the resize, at most 1–3 levels
+//! on a few percent of the samples. CMYK JPEGs are converted to RGB by the decoder, before the resize
+//! (PIL resizes in CMYK, then converts), which moves edges by up to ~11 levels.
+//! Two deliberate differences from cn_clip, both options:
 //! EXIF orientation is applied by default (cn_clip ignores it, so a portrait photo from a phone is
 //! embedded lying on its side), and images above [`DEFAULT_MAX_PIXELS`] are refused before decoding.
 //!

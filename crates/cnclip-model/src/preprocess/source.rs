@@ -161,36 +161,50 @@ impl SourceImage {
     }
 }
 
-/// Output pixel `(x, y)` of orientation `o` comes from input pixel `source(x, y)` of a `w x h` image
-/// (PIL's `exif_transpose`: 2 FLIP_LEFT_RIGHT, 3 ROTATE_180, 4 FLIP_TOP_BOTTOM, 5 TRANSPOSE,
-/// 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90).
-#[inline(always)]
-fn source(o: u8, x: usize, y: usize, w: usize, h: usize) -> (usize, usize) {
+/// For the orientations that swap the axes (5 TRANSPOSE, 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90 in
+/// PIL's `exif_transpose`), output pixel `(x, y)` comes from input pixel index `base + x * dx + y * dy`
+/// of the `w x h` input.
+fn transpose_walk(o: u8, w: usize, h: usize) -> (usize, isize, isize) {
+    let (wi, last_row) = (w as isize, (h - 1) * w);
     match o {
-        2 => (w - 1 - x, y),
-        3 => (w - 1 - x, h - 1 - y),
-        4 => (x, h - 1 - y),
-        5 => (y, x),
-        6 => (y, h - 1 - x),
-        7 => (w - 1 - y, h - 1 - x),
-        8 => (w - 1 - y, x),
-        _ => (x, y),
+        5 => (0, wi, 1),                  // (y, x)
+        6 => (last_row, -wi, 1),          // (y, h-1-x)
+        7 => (last_row + w - 1, -wi, -1), // (w-1-y, h-1-x)
+        _ => (w - 1, wi, -1),             // 8: (w-1-y, x)
     }
 }
 
 fn orient<T: Copy + Default, const C: usize>(src: &[T], w: usize, h: usize, o: u8) -> Vec<T> {
     let (ow, oh) = if o >= 5 { (h, w) } else { (w, h) };
+    if o <= 4 {
+        // 2 FLIP_LEFT_RIGHT, 3 ROTATE_180, 4 FLIP_TOP_BOTTOM: whole rows, forwards or backwards.
+        let mut out = vec![T::default(); src.len()];
+        for (y, dst) in out.chunks_exact_mut(w * C).enumerate() {
+            let sy = if o == 2 { y } else { h - 1 - y };
+            let row = &src[sy * w * C..(sy + 1) * w * C];
+            if o == 4 {
+                dst.copy_from_slice(row);
+            } else {
+                for (d, s) in dst.chunks_exact_mut(C).zip(row.chunks_exact(C).rev()) {
+                    d.copy_from_slice(s);
+                }
+            }
+        }
+        return out;
+    }
+    let (base, dx, dy) = transpose_walk(o, w, h);
     let mut out = vec![T::default(); src.len()];
-    // Tiles keep both the reads and the writes of the rotations within the cache.
-    const TILE: usize = 64;
-    for ty in (0..oh).step_by(TILE) {
-        for tx in (0..ow).step_by(TILE) {
-            for y in ty..(ty + TILE).min(oh) {
-                let line = &mut out[y * ow * C..(y + 1) * ow * C];
-                for x in tx..(tx + TILE).min(ow) {
-                    let (sx, sy) = source(o, x, y, w, h);
-                    let s = (sy * w + sx) * C;
-                    line[x * C..(x + 1) * C].copy_from_slice(&src[s..s + C]);
+    // Reading columns: square tiles keep both the reads and the writes in the cache.
+    let tile = 64;
+    for ty in (0..oh).step_by(tile) {
+        for tx in (0..ow).step_by(tile) {
+            let x_end = (tx + tile).min(ow);
+            for y in ty..(ty + tile).min(oh) {
+                let line = &mut out[(y * ow + tx) * C..(y * ow + x_end) * C];
+                let mut i = (base as isize + tx as isize * dx + y as isize * dy) as usize;
+                for px in line.chunks_exact_mut(C) {
+                    px.copy_from_slice(&src[i * C..i * C + C]);
+                    i = i.wrapping_add_signed(dx);
                 }
             }
         }

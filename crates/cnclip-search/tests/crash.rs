@@ -1,0 +1,242 @@
+//! kill -9 at random moments of a build (in a child process: this test binary re-executed) loses
+//! nothing that was reported committed; the index always opens and verifies afterwards, readers see
+//! every committed image, and running the build again finishes the job without duplicates.
+
+mod common;
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cnclip_index::{
+    Committed, FakeEmbedder, GraphPolicy, ImageEmbedder, Index, Indexer, Reporter, Silent,
+};
+use cnclip_search::Searcher;
+use common::{png, Rng};
+
+const CHILD: &str = "CNCLIP_CRASH_CHILD";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+fn embedder() -> FakeEmbedder {
+    FakeEmbedder::new(24)
+        .with_batch_size(4)
+        .with_delay(Duration::from_millis(3))
+}
+
+fn policy() -> GraphPolicy {
+    GraphPolicy {
+        min_vectors: 30,
+        max_pending: 0,
+        ..GraphPolicy::default()
+    }
+}
+
+/// Prints each committed path as soon as the batch is durable.
+struct Announce;
+
+impl Reporter for Announce {
+    fn committed(&self, batch: &Committed<'_>) {
+        let mut out = std::io::stdout().lock();
+        for p in batch.paths {
+            writeln!(out, "C {}", hex(p.as_os_str().as_bytes())).unwrap();
+        }
+        out.flush().unwrap();
+    }
+}
+
+/// The child: builds `photos` into `index`, announcing commits. A no-op in a normal test run.
+#[test]
+fn crash_child() {
+    let Some(spec) = std::env::var_os(CHILD) else {
+        return;
+    };
+    let spec = spec.into_vec();
+    let sep = spec.iter().position(|b| *b == 0).unwrap();
+    let photos = PathBuf::from(OsString::from_vec(spec[..sep].to_vec()));
+    let idx = PathBuf::from(OsString::from_vec(spec[sep + 1..].to_vec()));
+    let e = embedder();
+    let mut index = Index::open_or_create(&idx, &e.identity()).unwrap();
+    index.set_graph_policy(policy());
+    Indexer::new(&mut index).build(&photos, &e, &Announce).unwrap();
+    println!("DONE");
+}
+
+/// Runs the child; kills it after `kill_after` unless it finishes first. Returns the committed
+/// paths it announced and whether it finished.
+fn run_child(photos: &Path, idx: &Path, kill_after: Option<Duration>) -> (Vec<PathBuf>, bool) {
+    let mut spec = photos.as_os_str().as_bytes().to_vec();
+    spec.push(0);
+    spec.extend_from_slice(idx.as_os_str().as_bytes());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, OsString::from_vec(spec))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            lines.push(line.unwrap());
+        }
+        lines
+    });
+    let start = Instant::now();
+    let mut killed = false;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if kill_after.is_some_and(|t| start.elapsed() >= t) {
+            child.kill().unwrap(); // SIGKILL
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = child.wait().unwrap();
+    let lines = reader.join().unwrap();
+    let done = lines.iter().any(|l| l == "DONE");
+    if !killed {
+        assert!(status.success(), "child failed: {lines:?}");
+    }
+    let paths = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("C "))
+        .map(|h| PathBuf::from(OsString::from_vec(unhex(h))))
+        .collect();
+    (paths, done)
+}
+
+/// Adds, deletes and renames some photos, keeping `expected` (committed paths that still exist).
+fn mutate(photos: &Path, round: u64, expected: &mut HashSet<PathBuf>) {
+    let mut rng = Rng(round);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(photos.join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for (i, f) in files.iter().enumerate() {
+        match rng.below(10) {
+            0 => {
+                std::fs::remove_file(f).unwrap();
+                expected.remove(f);
+            }
+            1 => {
+                let to = photos.join("b").join(format!("r{round}-{i}.png"));
+                std::fs::rename(f, &to).unwrap();
+                expected.remove(f);
+            }
+            _ => {}
+        }
+    }
+    for i in 0..25 {
+        png(photos, &format!("a/n{round}-{i}.png"), 10_000 * round + i);
+    }
+}
+
+#[test]
+fn kill_9_during_build_loses_nothing_committed() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let photos_dir = tempfile::tempdir().unwrap();
+    let photos = std::fs::canonicalize(photos_dir.path()).unwrap();
+    std::fs::create_dir_all(photos.join("b")).unwrap();
+    for i in 0..120u64 {
+        png(&photos, &format!("a/p{i:03}.png"), i);
+    }
+    // Some identical content, to exercise shared vectors under crashes.
+    for i in 0..10 {
+        std::fs::copy(
+            photos.join(format!("a/p{i:03}.png")),
+            photos.join(format!("b/dup{i}.png")),
+        )
+        .unwrap();
+    }
+    let idx_dir = tempfile::tempdir().unwrap();
+    let idx = idx_dir.path().join("index");
+
+    let mut expected: HashSet<PathBuf> = HashSet::new();
+    let mut rng = Rng(7);
+    let (mut kills, mut finished, mut round) = (0, 0, 0u64);
+    let mut empty_kills = 0;
+    while kills < 24 {
+        round += 1;
+        assert!(round < 400, "too many rounds");
+        let after = Duration::from_millis(15 + rng.below(600));
+        let (committed, done) = run_child(&photos, &idx, Some(after));
+        if committed.is_empty() && !done {
+            empty_kills += 1;
+        }
+        expected.extend(committed.into_iter().filter(|p| p.exists()));
+        if done {
+            finished += 1;
+            mutate(&photos, round, &mut expected);
+        } else {
+            kills += 1;
+        }
+        if !idx.join("db").exists() {
+            continue; // killed before the index was created
+        }
+
+        // Readers first (no writer has repaired anything yet): every committed image is visible.
+        let searcher = Searcher::open(&idx).unwrap();
+        let unseen: Vec<_> = expected.iter().filter(|p| !searcher.contains(p)).collect();
+        assert!(unseen.is_empty(), "round {round}: readers miss {unseen:?}");
+        drop(searcher);
+
+        // The writer opens, repairs what the crash left, and everything agrees.
+        let index = Index::open(&idx).unwrap();
+        let v = index.verify().unwrap();
+        assert!(v.is_ok(), "round {round}: {:?}", v.problems);
+        let lost: Vec<_> = expected
+            .iter()
+            .filter(|p| index.record(p).unwrap().is_none())
+            .collect();
+        assert!(lost.is_empty(), "round {round}: lost {lost:?}");
+    }
+
+    // Finish the job.
+    let (_, done) = run_child(&photos, &idx, None);
+    assert!(done);
+    let e = FakeEmbedder::new(24);
+    let mut index = Index::open_for(&idx, &e.identity()).unwrap();
+    index.set_graph_policy(policy());
+    let s = Indexer::new(&mut index).build(&photos, &e, &Silent).unwrap();
+    assert_eq!((s.indexed, s.removed, s.embedded), (0, 0, 0), "{s:?}");
+    let v = index.verify().unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+    let on_disk: HashSet<PathBuf> = walkdir::WalkDir::new(&photos)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    let indexed: HashSet<PathBuf> = index.records().unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(indexed, on_disk, "exactly the files on disk, once each");
+    let distinct: HashSet<Vec<u8>> = on_disk.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert_eq!(index.status().unwrap().vectors as usize, distinct.len());
+    let lost = expected.iter().filter(|p| !indexed.contains(*p)).count();
+    assert_eq!(lost, 0);
+    eprintln!(
+        "crash test: {kills} kills ({empty_kills} before any commit), {finished} completed runs, \
+         {} committed paths checked, lost 0, {} images in the end",
+        expected.len(),
+        indexed.len()
+    );
+}
