@@ -19,7 +19,10 @@ fn cnclip(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cnclip"))
         .args(args)
         .env("CNCLIP_OFFLINE", "1")
-        .env("CNCLIP_CACHE", std::env::temp_dir().join("cnclip-cli-test-empty-cache"))
+        .env(
+            "CNCLIP_CACHE",
+            std::env::temp_dir().join("cnclip-cli-test-empty-cache"),
+        )
         .output()
         .expect("spawn cnclip")
 }
@@ -38,7 +41,11 @@ fn ok_lines(out: &Output) -> Vec<Value> {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn normalized(v: &[f64]) -> Vec<f64> {
@@ -48,7 +55,11 @@ fn normalized(v: &[f64]) -> Vec<f64> {
 
 fn write_png(dir: &Path, name: &str, w: u32, h: u32) -> PathBuf {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x + y) * 3 % 256) as u8])
+        image::Rgb([
+            (x * 7 % 256) as u8,
+            (y * 13 % 256) as u8,
+            ((x + y) * 3 % 256) as u8,
+        ])
     });
     let path = dir.join(name);
     img.save(&path).unwrap();
@@ -105,7 +116,13 @@ fn classify_json_gives_one_probability_per_label_in_order() {
     let img = write_png(dir.path(), "p.png", 64, 64);
     let labels = ["杰尼龟", "妙蛙种子", "小火龙", "皮卡丘"];
     let m = model("vit_tiny.pt");
-    let mut args = vec!["classify", "--json", "--model", m.as_str(), img.to_str().unwrap()];
+    let mut args = vec![
+        "classify",
+        "--json",
+        "--model",
+        m.as_str(),
+        img.to_str().unwrap(),
+    ];
     args.extend(labels);
     let lines = ok_lines(&cnclip(&args));
     assert_eq!(lines.len(), 4);
@@ -138,7 +155,14 @@ fn tokenize_reads_json_strings_from_stdin() {
     let lines = ok_lines(&out);
     let ids: Vec<Vec<u64>> = lines
         .iter()
-        .map(|l| l["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect())
+        .map(|l| {
+            l["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect()
+        })
         .collect();
     // Ids from cn_clip.clip.tokenize(..., context_length=8).
     assert_eq!(ids[0], [101, 671, 1372, 2207, 4344, 102, 0, 0]);
@@ -152,7 +176,13 @@ fn tokenize_reads_json_strings_from_stdin() {
 fn preprocess_json_has_chw_shape() {
     let dir = tempfile::tempdir().unwrap();
     let img = write_png(dir.path(), "x.png", 50, 20);
-    let lines = ok_lines(&cnclip(&["preprocess", "--size", "32", "--json", img.to_str().unwrap()]));
+    let lines = ok_lines(&cnclip(&[
+        "preprocess",
+        "--size",
+        "32",
+        "--json",
+        img.to_str().unwrap(),
+    ]));
     assert_eq!(lines[0]["shape"], serde_json::json!([3, 32, 32]));
     assert_eq!(lines[0]["data"].as_array().unwrap().len(), 3 * 32 * 32);
 }
@@ -162,9 +192,22 @@ fn convert_writes_a_checkpoint_that_embeds_identically() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("converted");
     let m = model("vit_tiny.pt");
-    let r = cnclip(&["convert", "--model", m.as_str(), "--out", out.to_str().unwrap()]);
+    let r = cnclip(&[
+        "convert",
+        "--model",
+        m.as_str(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let a = ok_lines(&cnclip(&["embed", "--json", "--model", &m, "--text", "一只小猫"]));
+    let a = ok_lines(&cnclip(&[
+        "embed",
+        "--json",
+        "--model",
+        &m,
+        "--text",
+        "一只小猫",
+    ]));
     let b = ok_lines(&cnclip(&[
         "embed",
         "--json",
@@ -191,7 +234,10 @@ fn bad_inputs_fail_with_a_message_naming_them() {
     let out = cnclip(&["embed", "--model", "ViT-Z-99", "--text", "x"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("ViT-B-16"), "unknown model error lists the zoo: {err}");
+    assert!(
+        err.contains("ViT-B-16"),
+        "unknown model error lists the zoo: {err}"
+    );
 
     // A zoo name that is not cached, offline: says what to download and where.
     let out = cnclip(&["embed", "--model", "ViT-B-16", "--text", "x"]);
@@ -204,6 +250,9 @@ fn bad_inputs_fail_with_a_message_naming_them() {
 fn models_lists_the_five_official_models() {
     let lines = ok_lines(&cnclip(&["models", "--json"]));
     let names: Vec<&str> = lines.iter().map(|l| l["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["RN50", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14"]);
+    assert_eq!(
+        names,
+        ["RN50", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14"]
+    );
     assert_eq!(lines[1]["parameters"], 188_262_913);
 }

@@ -5,6 +5,7 @@
 //! `cnclip-search`, and print.
 
 pub mod bench;
+pub mod engine;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -31,7 +31,7 @@ fn main() {
         if rank == 0 { return unit(r, dim); }
         let mut v = vec![0f32; dim];
         for b in &basis { let z = r.normal(); for (x, y) in v.iter_mut().zip(b) { *x += z * y; } }
-        let noise = 0.3 / (dim as f32).sqrt() * (rank as f32).sqrt();
+        let nf: f32 = args.get(6).map(|s| s.parse().unwrap()).unwrap_or(0.3); let noise = nf / (dim as f32).sqrt() * (rank as f32).sqrt();
         for x in v.iter_mut() { *x += noise * r.normal(); }
         cnclip_index::normalize(&mut v).unwrap(); v
     };

@@ -34,10 +34,10 @@ pub const DEFAULT_M: usize = 16;
 /// Candidate list size while inserting.
 pub const DEFAULT_EF_CONSTRUCTION: usize = 100;
 /// Candidate list size while searching (raised to `2k` for large `k`).
-pub const DEFAULT_EF_SEARCH: usize = 64;
+pub const DEFAULT_EF_SEARCH: usize = 200;
 /// Below this many vectors the writer keeps no graph and readers scan exactly: exact is faster
 /// there (measured, see the crate docs) and exact.
-pub const GRAPH_MIN_VECTORS: usize = 5_000;
+pub const GRAPH_MIN_VECTORS: usize = 50_000;
 /// The graph is rebuilt from the vectors when more than this fraction of its points are removed.
 pub const MAX_TOMBSTONE_FRACTION: f64 = 0.1;
 

@@ -19,6 +19,7 @@ use cnclip_search::Searcher;
 use common::{png, Rng};
 
 const CHILD: &str = "CNCLIP_CRASH_CHILD";
+const CHILD_INDEX: &str = "CNCLIP_CRASH_CHILD_INDEX";
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -60,13 +61,13 @@ impl Reporter for Announce {
 /// The child: builds `photos` into `index`, announcing commits. A no-op in a normal test run.
 #[test]
 fn crash_child() {
-    let Some(spec) = std::env::var_os(CHILD) else {
+    let Some(photos) = std::env::var_os(CHILD) else {
         return;
     };
-    let spec = spec.into_vec();
-    let sep = spec.iter().position(|b| *b == 0).unwrap();
-    let photos = PathBuf::from(OsString::from_vec(spec[..sep].to_vec()));
-    let idx = PathBuf::from(OsString::from_vec(spec[sep + 1..].to_vec()));
+    let photos = PathBuf::from(photos);
+    let idx = PathBuf::from(std::env::var_os(CHILD_INDEX).unwrap());
+    // The test harness prints "test crash_child ... " without a newline: start on a fresh line.
+    println!();
     let e = embedder();
     let mut index = Index::open_or_create(&idx, &e.identity()).unwrap();
     index.set_graph_policy(policy());
@@ -77,12 +78,10 @@ fn crash_child() {
 /// Runs the child; kills it after `kill_after` unless it finishes first. Returns the committed
 /// paths it announced and whether it finished.
 fn run_child(photos: &Path, idx: &Path, kill_after: Option<Duration>) -> (Vec<PathBuf>, bool) {
-    let mut spec = photos.as_os_str().as_bytes().to_vec();
-    spec.push(0);
-    spec.extend_from_slice(idx.as_os_str().as_bytes());
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, OsString::from_vec(spec))
+        .env(CHILD, photos)
+        .env(CHILD_INDEX, idx)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -144,7 +143,7 @@ fn mutate(photos: &Path, round: u64, expected: &mut HashSet<PathBuf>) {
             _ => {}
         }
     }
-    for i in 0..25 {
+    for i in 0..40 {
         png(photos, &format!("a/n{round}-{i}.png"), 10_000 * round + i);
     }
 }
@@ -178,8 +177,11 @@ fn kill_9_during_build_loses_nothing_committed() {
     while kills < 24 {
         round += 1;
         assert!(round < 400, "too many rounds");
-        let after = Duration::from_millis(15 + rng.below(600));
+        let after = Duration::from_millis(10 + rng.below(300));
         let (committed, done) = run_child(&photos, &idx, Some(after));
+        if std::env::var_os("CRASH_DEBUG").is_some() {
+            eprintln!("round {round}: kill after {after:?}: {} committed, done {done}", committed.len());
+        }
         if committed.is_empty() && !done {
             empty_kills += 1;
         }

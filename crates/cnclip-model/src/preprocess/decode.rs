@@ -11,6 +11,7 @@ use std::path::Path;
 
 use image::{ColorType, ImageDecoder, ImageFormat, ImageReader, Limits};
 
+use super::jpeg;
 use super::source::{PixelMode, SourceImage};
 use super::{ImageError, PreprocessOptions};
 
@@ -69,6 +70,25 @@ pub(crate) fn decode(
     } else {
         1
     };
+    if format == ImageFormat::Jpeg && !jpeg::has_end(bytes) {
+        // zune-jpeg (lenient) fills the missing blocks of a truncated file with grey; PIL raises
+        // "image file is truncated". A half-grey photo is worse than an error.
+        return Err(ImageError::Decode {
+            path: path.to_path_buf(),
+            message: "truncated jpeg: no end-of-image marker after the scan data".into(),
+        });
+    }
+    if let Some(kind) = (format == ImageFormat::Jpeg)
+        .then(|| jpeg::four_channel(bytes))
+        .flatten()
+    {
+        // PIL keeps these as CMYK until after the resize; the `image` crate would give RGB.
+        drop(decoder);
+        let data = jpeg::decode_cmyk(bytes, path, kind, (width, height))?;
+        let img = SourceImage::from_u8(width, height, PixelMode::Cmyk, data)
+            .expect("decode_cmyk returns width * height * 4 samples");
+        return Ok(img.apply_exif_orientation(orientation));
+    }
     let color = decoder.color_type();
     let mode = pil_mode(format, bytes, color).ok_or_else(|| ImageError::Unsupported {
         path: path.to_path_buf(),
@@ -80,14 +100,6 @@ pub(crate) fn decode(
         height,
         limit: opts.max_pixels,
     })?;
-    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
-        // zune-jpeg (lenient) fills the missing blocks of a truncated file with grey; PIL raises
-        // "image file is truncated". A half-grey photo is worse than an error.
-        return Err(ImageError::Decode {
-            path: path.to_path_buf(),
-            message: "truncated jpeg: no end-of-image marker after the scan data".into(),
-        });
-    }
     let mut buf = vec![0u8; total];
     decoder.read_image(&mut buf).map_err(decode_err)?;
     let img =
@@ -136,42 +148,6 @@ fn pil_mode(format: ImageFormat, bytes: &[u8], color: ColorType) -> Option<Pixel
         ColorType::L16 => Some(PixelMode::I16),
         _ => None,
     })
-}
-
-/// Whether a JPEG has an end-of-image marker after the start of its first scan. The markers are
-/// walked segment by segment from SOI (so an EXIF thumbnail's EOI inside APP1 does not count); the
-/// entropy-coded data cannot contain `FF D9` (a data `FF` is always followed by `00` or `D0`-`D7`).
-/// Data after EOI (e.g. the video of a motion photo) is allowed.
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let mut pos = 2;
-    loop {
-        // Markers may be preceded by any number of fill bytes (FF).
-        while bytes.get(pos) == Some(&0xFF) && bytes.get(pos + 1) == Some(&0xFF) {
-            pos += 1;
-        }
-        match (bytes.get(pos), bytes.get(pos + 1)) {
-            (Some(0xFF), Some(&marker)) => {
-                if marker == 0xD9 {
-                    return false; // EOI before any scan
-                }
-                if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
-                    pos += 2;
-                    continue;
-                }
-                let Some(len) = bytes.get(pos + 2..pos + 4) else {
-                    return false;
-                };
-                pos += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
-                if marker == 0xDA {
-                    // Searched from the end, where a complete file has it.
-                    return bytes
-                        .get(pos..)
-                        .is_some_and(|rest| rest.windows(2).rev().any(|w| w == [0xFF, 0xD9]));
-                }
-            }
-            _ => return false,
-        }
-    }
 }
 
 /// PIL's mode of a PNG from `IHDR` (`PngImagePlugin._MODES`): bit depth at byte 24, colour type at 25.

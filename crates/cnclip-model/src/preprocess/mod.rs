@@ -27,6 +27,7 @@
 
 mod convert;
 mod decode;
+mod jpeg;
 mod resample;
 mod source;
 

@@ -1,0 +1,318 @@
+//! `cnclip-index`: build, inspect and check an image index.
+//!
+//! `cnclip-index build ./photos` walks the folder, embeds new and changed images with
+//! Chinese-CLIP and commits them durably batch by batch; running it again only does what changed.
+//! Without `--index` the index lives at `$CNCLIP_INDEX`, else `$XDG_DATA_HOME/cnclip/index`, else
+//! `~/.local/share/cnclip/index`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use cnclip_cli::engine::{read_model_record, write_model_record, ClipEngine};
+use cnclip_cli::{print_error, stdout_ok, Precision};
+use cnclip_index::{
+    BuildOptions, Committed, ImageEmbedder, Index, Indexer, Phase, Reporter, Skipped,
+};
+use serde_json::json;
+
+/// Build and maintain a Chinese-CLIP image index.
+#[derive(Parser)]
+#[command(name = "cnclip-index", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Index the images under DIR (incremental: only new, changed, moved and deleted files cost
+    /// work). Prints a summary; with --json one line
+    /// {"indexed", "unchanged", "removed", "total", "skipped": [{"path", "reason"}]}.
+    /// Exits 0 when the run completed, even if some files were skipped.
+    Build {
+        /// The folder of images.
+        dir: PathBuf,
+        #[command(flatten)]
+        index: IndexArg,
+        /// Zoo name (ViT-B-16, ViT-L-14, ViT-L-14-336, ViT-H-14, RN50) or checkpoint path.
+        /// Default: the model the index was built with, else ViT-B-16.
+        #[arg(long, env = "CNCLIP_MODEL")]
+        model: Option<String>,
+        /// Compute precision.
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        precision: Precision,
+        /// Do not apply EXIF orientation (cn_clip's own behaviour; photos may then be sideways).
+        #[arg(long)]
+        no_exif_orientation: bool,
+        /// Print the summary as one JSON line (and no progress bar).
+        #[arg(long)]
+        json: bool,
+        /// No progress bar and no list of skipped files.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// What the index holds: {"images", "model", "dim", ...}.
+    Status {
+        #[command(flatten)]
+        index: IndexArg,
+        /// One JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks that records, vectors and graph agree; exits 0 only if they do.
+    Verify {
+        #[command(flatten)]
+        index: IndexArg,
+        /// One JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct IndexArg {
+    /// The index directory (default: $CNCLIP_INDEX, else $XDG_DATA_HOME/cnclip/index, else
+    /// ~/.local/share/cnclip/index).
+    #[arg(long)]
+    index: Option<PathBuf>,
+}
+
+impl IndexArg {
+    fn path(&self) -> Result<PathBuf> {
+        match &self.index {
+            Some(p) => Ok(p.clone()),
+            None => cnclip_index::default_index_path().context(
+                "no --index given and neither CNCLIP_INDEX, XDG_DATA_HOME nor HOME is set",
+            ),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => print_error(&err),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Build {
+            dir,
+            index,
+            model,
+            precision,
+            no_exif_orientation,
+            json,
+            quiet,
+        } => build(
+            &dir,
+            &index.path()?,
+            model,
+            precision,
+            !no_exif_orientation,
+            json,
+            quiet,
+        ),
+        Command::Status { index, json } => status(&index.path()?, json),
+        Command::Verify { index, json } => verify(&index.path()?, json),
+    }
+}
+
+fn build(
+    dir: &Path,
+    index_dir: &Path,
+    model: Option<String>,
+    precision: Precision,
+    exif: bool,
+    json: bool,
+    quiet: bool,
+) -> Result<ExitCode> {
+    if !dir.is_dir() {
+        bail!("{}: not a directory", dir.display());
+    }
+    let model = match model {
+        Some(m) => m,
+        None => read_model_record(index_dir)?.map_or_else(|| "ViT-B-16".to_owned(), |r| r.model),
+    };
+    let engine = ClipEngine::load(&model, precision, exif)?;
+    let identity = engine.identity();
+    if index_dir.join(cnclip_cli::engine::MODEL_FILE).exists() {
+        let existing = Index::open(index_dir)?;
+        if !existing.identity().compatible(&identity) {
+            let built_with = read_model_record(index_dir)?.map_or_else(String::new, |r| r.model);
+            bail!(
+                "{}: the index was built with --model {built_with} ({}), this run uses --model \
+                 {model} ({identity}); vectors of different models cannot be mixed: build with \
+                 --model {built_with}, or choose another --index",
+                index_dir.display(),
+                existing.identity()
+            );
+        }
+    }
+    let mut index = Index::open_or_create(index_dir, &identity)?;
+    write_model_record(index_dir, &model)?;
+    let dir =
+        std::fs::canonicalize(dir).with_context(|| format!("{}: cannot open", dir.display()))?;
+    let reporter = Progress::new(
+        !json && !quiet && std::io::stderr().is_terminal(),
+        quiet || json,
+    );
+    let summary = Indexer::new(&mut index)
+        .with_options(BuildOptions::default())
+        .build(&dir, &engine, &reporter)?;
+    reporter.finish();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let line = json!({
+            "indexed": summary.indexed,
+            "unchanged": summary.unchanged,
+            "removed": summary.removed,
+            "total": summary.total,
+            "skipped": summary.skipped,
+        });
+        stdout_ok(writeln!(out, "{line}"))?;
+    } else {
+        stdout_ok(writeln!(
+            out,
+            "indexed {}, unchanged {}, removed {}, skipped {}: {} images in {}",
+            summary.indexed,
+            summary.unchanged,
+            summary.removed,
+            summary.skipped.len(),
+            summary.total,
+            index_dir.display()
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(index_dir: &Path, json: bool) -> Result<ExitCode> {
+    let index = Index::open(index_dir)?;
+    let st = index.status()?;
+    let model = read_model_record(index_dir)?;
+    let mut line = json!({
+        "images": st.images,
+        "model": st.identity.model,
+        "dim": st.identity.dim,
+        "vectors": st.vectors,
+        "precision": st.identity.precision,
+        "preprocess": st.identity.preprocess,
+        "format_version": st.format_version,
+        "graph": st.graph,
+        "pending_changes": st.pending_changes,
+        "disk_bytes": st.disk_bytes,
+        "path": st.path.to_string_lossy(),
+    });
+    if let Some(m) = model {
+        line["model_source"] = json!(m.model);
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        stdout_ok(writeln!(out, "{line}"))?;
+    } else {
+        stdout_ok(writeln!(
+            out,
+            "{}: {} images ({} distinct vectors), model {} (dim {}), {:.1} MB on disk",
+            st.path.display(),
+            st.images,
+            st.vectors,
+            st.identity.model,
+            st.identity.dim,
+            st.disk_bytes as f64 / 1e6
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(index_dir: &Path, json: bool) -> Result<ExitCode> {
+    let index = Index::open(index_dir)?;
+    let report = index.verify()?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        stdout_ok(writeln!(out, "{}", serde_json::to_string(&report)?))?;
+    } else {
+        for p in &report.problems {
+            stdout_ok(writeln!(out, "problem: {p}"))?;
+        }
+        for n in &report.notes {
+            stdout_ok(writeln!(out, "note: {n}"))?;
+        }
+        let verdict = if report.is_ok() { "ok" } else { "DAMAGED" };
+        stdout_ok(writeln!(
+            out,
+            "{verdict}: {} images, {} vectors, graph {}",
+            report.images,
+            report.vectors,
+            report
+                .graph_points
+                .map_or("none (exact search)".to_owned(), |n| format!("{n} points"))
+        ))?;
+    }
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Progress bar (images/s, ETA) on a terminal; skipped files listed on stderr unless quiet.
+struct Progress {
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+    show_bar: bool,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(show_bar: bool, quiet: bool) -> Progress {
+        Progress {
+            bar: Mutex::new(None),
+            show_bar,
+            quiet,
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.bar.lock().expect("progress lock").take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Reporter for Progress {
+    fn phase(&self, phase: Phase) {
+        if let Phase::Embedding { todo, .. } = phase {
+            if self.show_bar {
+                let bar = indicatif::ProgressBar::new(todo as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} images  {per_sec}  eta {eta}",
+                    )
+                    .expect("static template"),
+                );
+                *self.bar.lock().expect("progress lock") = Some(bar);
+            }
+        }
+    }
+
+    fn skipped(&self, skipped: &Skipped) {
+        if self.quiet {
+            return;
+        }
+        let line = format!("skipped {}: {}", skipped.path.display(), skipped.reason);
+        match self.bar.lock().expect("progress lock").as_ref() {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn committed(&self, batch: &Committed<'_>) {
+        if let Some(bar) = self.bar.lock().expect("progress lock").as_ref() {
+            bar.set_position(batch.done as u64);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `cnclip-search`: find images in an index by a Chinese text or by an example image.
+//!
+//! `cnclip-search "一只小猫"` encodes the query with the model that built the index (recorded in
+//! the index; `--model` overrides) and prints the top-k images by cosine similarity. It reads the
+//! index without taking its lock, so it answers while `cnclip-index build` runs, from everything
+//! committed so far.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use cnclip_cli::engine::{read_model_record, ClipEngine};
+use cnclip_cli::{print_error, stdout_ok, Precision};
+use cnclip_search::{QueryEncoder, Searcher};
+
+/// Search a Chinese-CLIP image index.
+#[derive(Parser)]
+#[command(name = "cnclip-search", version, about)]
+struct Cli {
+    /// The query text, e.g. 一只小猫.
+    #[arg(required_unless_present = "image", conflicts_with = "image")]
+    query: Option<String>,
+    /// Search by an example image instead of text.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// The index directory (default: $CNCLIP_INDEX, else $XDG_DATA_HOME/cnclip/index, else
+    /// ~/.local/share/cnclip/index).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// How many results.
+    #[arg(short, default_value_t = 10)]
+    k: usize,
+    /// One line per hit: {"rank", "score" (cosine), "path" (absolute)}.
+    #[arg(long)]
+    json: bool,
+    /// Model to encode the query with (default: the one that built the index).
+    #[arg(long, env = "CNCLIP_MODEL")]
+    model: Option<String>,
+    /// Compute precision for the query encoder.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => print_error(&err),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let index_dir = match &cli.index {
+        Some(p) => p.clone(),
+        None => cnclip_index::default_index_path()
+            .context("no --index given and neither CNCLIP_INDEX, XDG_DATA_HOME nor HOME is set")?,
+    };
+    let searcher = Searcher::open(&index_dir)?;
+    let identity = searcher.identity().clone();
+    let model = match cli.model {
+        Some(m) => m,
+        None => match read_model_record(&index_dir)? {
+            Some(r) if r.path.exists() => r.path.display().to_string(),
+            Some(r) => r.model,
+            None => bail!(
+                "{}: the index does not say which model built it ({}); pass --model",
+                index_dir.display(),
+                identity.model
+            ),
+        },
+    };
+    let exif = !identity.preprocess.ends_with("exif-off");
+    let engine = ClipEngine::load(&model, cli.precision, exif)?;
+    let ours = QueryEncoder::identity(&engine);
+    if !ours.compatible(&identity) {
+        bail!(
+            "{}: the index was built with {identity}, but --model {model} is {ours}; search it \
+             with the model that built it",
+            index_dir.display()
+        );
+    }
+    for w in searcher.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let hits = match (&cli.query, &cli.image) {
+        (_, Some(path)) => searcher.search_image(&engine, path, cli.k)?,
+        (Some(text), None) => searcher.search_text(&engine, text, cli.k)?,
+        (None, None) => bail!("give a QUERY or --image PATH"),
+    };
+    let mut out = std::io::stdout().lock();
+    for hit in &hits {
+        let r = if cli.json {
+            writeln!(out, "{}", serde_json::to_string(hit)?)
+        } else {
+            writeln!(
+                out,
+                "{:>3}  {:.4}  {}",
+                hit.rank,
+                hit.score,
+                hit.path.display()
+            )
+        };
+        stdout_ok(r)?;
+    }
+    Ok(())
+}

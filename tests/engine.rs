@@ -1,0 +1,532 @@
+//! End-to-end tests of `cnclip-index` and `cnclip-search`: the real binaries, spawned in temp
+//! dirs, on images the tests generate, with the real model code on the tiny fixture checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn model(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cnclip-model/tests/fixtures/models")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn bin(name: &str) -> Command {
+    let path = match name {
+        "cnclip-index" => env!("CARGO_BIN_EXE_cnclip-index"),
+        _ => env!("CARGO_BIN_EXE_cnclip-search"),
+    };
+    let mut c = Command::new(path);
+    c.env("CNCLIP_OFFLINE", "1").env_remove("CNCLIP_MODEL");
+    c
+}
+
+fn run(name: &str, args: &[&str]) -> Output {
+    bin(name).args(args).output().expect("spawn")
+}
+
+fn ok(out: Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A distinct image per seed: a colour gradient and pseudo-random blocks.
+fn picture(seed: u32, w: u32, h: u32) -> image::RgbImage {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    let blocks: Vec<[u8; 3]> = (0..64)
+        .map(|_| {
+            let v = next();
+            [v as u8, (v >> 8) as u8, (v >> 16) as u8]
+        })
+        .collect();
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let b = blocks[((x * 8 / w) + 8 * (y * 8 / h)) as usize];
+        image::Rgb([
+            b[0] / 2 + (x * 127 / w) as u8,
+            b[1] / 2 + (y * 127 / h) as u8,
+            b[2],
+        ])
+    })
+}
+
+fn make_corpus(dir: &Path, n: u32, size: u32) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("img{i:04}.png"));
+            picture(i, size, size * 3 / 4).save(&p).unwrap();
+            p
+        })
+        .collect()
+}
+
+fn build(photos: &Path, index: &Path, model_name: &str) -> Value {
+    let m = model(model_name);
+    ok(run(
+        "cnclip-index",
+        &[
+            "build",
+            photos.to_str().unwrap(),
+            "--index",
+            index.to_str().unwrap(),
+            "--model",
+            &m,
+            "--json",
+        ],
+    ))
+    .remove(0)
+}
+
+fn search_image(index: &Path, query: &Path, k: usize) -> Vec<Value> {
+    // Paths as OsStr: query files may have non-UTF-8 names.
+    ok(bin("cnclip-search")
+        .arg("--index")
+        .arg(index)
+        .args(["-k", &k.to_string(), "--json", "--image"])
+        .arg(query)
+        .output()
+        .expect("spawn"))
+}
+
+fn status(index: &Path) -> Value {
+    ok(run(
+        "cnclip-index",
+        &["status", "--index", index.to_str().unwrap(), "--json"],
+    ))
+    .remove(0)
+}
+
+fn verify_ok(index: &Path) {
+    let out = run(
+        "cnclip-index",
+        &["verify", "--index", index.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_image_finds_itself_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = make_corpus(&photos, 24, 96);
+    let index = tmp.path().join("index");
+    let summary = build(&photos, &index, "vit_tiny.pt");
+    assert_eq!(summary["indexed"], 24);
+    assert_eq!(summary["total"], 24);
+    for f in &files {
+        let hits = search_image(&index, f, 3);
+        assert_eq!(hits.len(), 3);
+        assert_eq!(hits[0]["rank"], 1);
+        assert_eq!(
+            Path::new(hits[0]["path"].as_str().unwrap()),
+            f.canonicalize().unwrap()
+        );
+        assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+        assert!(hits[1]["score"].as_f64().unwrap() <= hits[0]["score"].as_f64().unwrap());
+    }
+    // A text query answers with ranked, absolute paths.
+    let hits = ok(run(
+        "cnclip-search",
+        &[
+            "--index",
+            index.to_str().unwrap(),
+            "-k",
+            "5",
+            "--json",
+            "一只小猫",
+        ],
+    ));
+    assert_eq!(hits.len(), 5);
+    assert!(hits
+        .iter()
+        .all(|h| Path::new(h["path"].as_str().unwrap()).is_absolute()));
+    let st = status(&index);
+    assert_eq!(
+        (st["images"].as_u64(), st["dim"].as_u64()),
+        (Some(24), Some(64))
+    );
+    verify_ok(&index);
+}
+
+#[test]
+fn incremental_add_modify_rename_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = make_corpus(&photos, 10, 64);
+    let index = tmp.path().join("index");
+    build(&photos, &index, "vit_tiny.pt");
+
+    // Nothing changed: nothing embedded.
+    let s = build(&photos, &index, "vit_tiny.pt");
+    assert_eq!(
+        (s["indexed"].as_u64(), s["unchanged"].as_u64()),
+        (Some(0), Some(10))
+    );
+
+    let added = photos.join("new.png");
+    picture(1000, 64, 48).save(&added).unwrap();
+    picture(2000, 64, 48).save(&files[1]).unwrap(); // modified in place
+    let renamed = photos.join("renamed.png");
+    std::fs::rename(&files[2], &renamed).unwrap();
+    std::fs::remove_file(&files[3]).unwrap();
+    let s = build(&photos, &index, "vit_tiny.pt");
+    assert_eq!(s["total"], 10, "{s}");
+    assert_eq!(s["removed"], 2, "deleted + renamed-away: {s}");
+    assert_eq!(s["indexed"], 3, "new + modified + renamed-to: {s}");
+    assert_eq!(s["unchanged"], 7, "{s}");
+
+    for (query, expect) in [
+        (&added, &added),
+        (&files[1], &files[1]),
+        (&renamed, &renamed),
+    ] {
+        let hits = search_image(&index, query, 1);
+        assert_eq!(
+            Path::new(hits[0]["path"].as_str().unwrap()),
+            expect.canonicalize().unwrap()
+        );
+    }
+    let all = search_image(&index, &added, 50);
+    assert_eq!(all.len(), 10);
+    let paths: Vec<&str> = all.iter().map(|h| h["path"].as_str().unwrap()).collect();
+    assert!(!paths
+        .iter()
+        .any(|p| p.ends_with("img0003.png") || p.ends_with("img0002.png")));
+    verify_ok(&index);
+}
+
+#[test]
+fn identical_content_under_two_paths_is_one_vector() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = make_corpus(&photos, 4, 64);
+    std::fs::copy(&files[0], photos.join("copy.png")).unwrap();
+    let index = tmp.path().join("index");
+    build(&photos, &index, "vit_tiny.pt");
+    let st = status(&index);
+    assert_eq!(
+        (st["images"].as_u64(), st["vectors"].as_u64()),
+        (Some(5), Some(4))
+    );
+    let hits = search_image(&index, &files[0], 2);
+    assert!((hits[1]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn hostile_and_odd_files_are_reported_or_indexed_never_a_crash() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let w = |name: &str, bytes: &[u8]| std::fs::write(photos.join(name), bytes).unwrap();
+    // Unusable: each must be skipped with a reason.
+    w("zero.jpg", b"");
+    let mut png = Vec::new();
+    picture(1, 64, 64)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    w("truncated.png", &png[..png.len() / 2]);
+    w(
+        "random.jpg",
+        &(0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    );
+    w("text.jpg", b"hello, I am not a JPEG at all\n");
+    w(
+        "photo.heic",
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+    );
+    // PNG decompression bomb: a valid header declaring 100000 x 100000 pixels, tiny file.
+    let mut bomb = b"\x89PNG\r\n\x1a\n".to_vec();
+    let ihdr = [
+        &b"IHDR"[..],
+        &100_000u32.to_be_bytes(),
+        &100_000u32.to_be_bytes(),
+        &[8, 2, 0, 0, 0],
+    ]
+    .concat();
+    bomb.extend((13u32).to_be_bytes());
+    bomb.extend(&ihdr);
+    bomb.extend(crc32(&ihdr).to_be_bytes());
+    w("bomb.png", &bomb);
+    std::fs::create_dir_all(photos.join("x.jpg")).unwrap();
+    std::os::unix::fs::symlink(&photos, photos.join("loop")).unwrap();
+
+    // Valid but odd: each must be indexed.
+    let odd: Vec<PathBuf> = {
+        let mut v = Vec::new();
+        let p = photos.join("UPPER.JPG");
+        image::DynamicImage::ImageRgb8(picture(2, 50, 40))
+            .save(&p)
+            .unwrap();
+        v.push(p);
+        let p = photos.join("deep16.png");
+        image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(30, 20, |x, y| {
+            image::Rgb([x as u16 * 2000, y as u16 * 3000, 40000])
+        }))
+        .save(&p)
+        .unwrap();
+        v.push(p);
+        let p = photos.join("one.png");
+        image::RgbImage::from_pixel(1, 1, image::Rgb([1, 2, 3]))
+            .save(&p)
+            .unwrap();
+        v.push(p);
+        let p = photos.join("lossless.webp");
+        image::DynamicImage::ImageRgb8(picture(3, 40, 30))
+            .save(&p)
+            .unwrap();
+        v.push(p);
+        let p = photos.join("anim.gif");
+        {
+            let f = std::fs::File::create(&p).unwrap();
+            let mut enc = image::codecs::gif::GifEncoder::new(f);
+            for s in 0..3 {
+                let frame = image::RgbaImage::from_fn(20, 20, |x, y| {
+                    image::Rgba([(x * 10 + s * 40) as u8, (y * 10) as u8, 100, 255])
+                });
+                enc.encode_frame(image::Frame::new(frame)).unwrap();
+            }
+        }
+        v.push(p);
+        let p = photos.join(std::ffi::OsStr::from_bytes(b"caf\xe9-\xff.png"));
+        picture(4, 32, 32).save(&p).unwrap();
+        v.push(p);
+        let p = photos.join("cmyk.jpg");
+        std::fs::write(&p, cmyk_jpeg()).unwrap();
+        v.push(p);
+        v
+    };
+
+    let index = tmp.path().join("index");
+    let s = build(&photos, &index, "vit_tiny.pt");
+    let skipped: Vec<(String, String)> = s["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["path"].as_str().unwrap().to_owned(),
+                k["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for bad in [
+        "zero.jpg",
+        "truncated.png",
+        "random.jpg",
+        "text.jpg",
+        "bomb.png",
+        "photo.heic",
+    ] {
+        let hit = skipped.iter().find(|(p, _)| p.ends_with(bad));
+        let (_, reason) =
+            hit.unwrap_or_else(|| panic!("{bad} not reported as skipped: {skipped:?}"));
+        assert!(!reason.is_empty());
+    }
+    assert_eq!(s["total"].as_u64(), Some(odd.len() as u64), "{s}");
+    for p in &odd {
+        assert!(
+            !skipped
+                .iter()
+                .any(|(s, _)| s.ends_with(&*p.file_name().unwrap().to_string_lossy())),
+            "{} was skipped: {skipped:?}",
+            p.display()
+        );
+    }
+    // The non-UTF-8 name is kept exactly: it is found again, itself first.
+    let hits = search_image(&index, &odd[5], 1);
+    assert!(hits[0]["path"].as_str().unwrap().contains("caf"));
+    verify_ok(&index);
+}
+
+/// A 16×16 CMYK baseline JPEG (Adobe, inverted), written by Pillow 13:
+/// `Image.new("CMYK", (16, 16), (20, 120, 200, 10)).save(f, "JPEG")`.
+fn cmyk_jpeg() -> Vec<u8> {
+    let hex = include_str!("data/cmyk16.jpg.hex");
+    (0..hex.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn an_index_is_never_mixed_with_another_models_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = make_corpus(&photos, 3, 64);
+    let index = tmp.path().join("index");
+    build(&photos, &index, "vit_tiny.pt");
+    let other = model("rn_tiny.pt");
+    let out = run(
+        "cnclip-index",
+        &[
+            "build",
+            photos.to_str().unwrap(),
+            "--index",
+            index.to_str().unwrap(),
+            "--model",
+            &other,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vit_tiny.pt") && err.contains("another --index"),
+        "{err}"
+    );
+    let out = run(
+        "cnclip-search",
+        &[
+            "--index",
+            index.to_str().unwrap(),
+            "--model",
+            &other,
+            "--image",
+            files[0].to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built with"));
+    assert_eq!(status(&index)["images"], 3);
+}
+
+fn spawn_build(photos: &Path, index: &Path, model_name: &str) -> Child {
+    bin("cnclip-index")
+        .args([
+            "build",
+            photos.to_str().unwrap(),
+            "--index",
+            index.to_str().unwrap(),
+        ])
+        .args(["--model", &model(model_name), "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn kill_9_during_build_loses_nothing_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let n = 120;
+    make_corpus(&photos, n, 160);
+    let index = tmp.path().join("index");
+    let mut last = 0u64;
+    let mut kills = 0;
+    for round in 0..12u64 {
+        let mut child = spawn_build(&photos, &index, "vit336_tiny.pt");
+        std::thread::sleep(Duration::from_millis(150 + (round * 97) % 600));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        if !index.join("db").exists() {
+            continue;
+        }
+        verify_ok(&index);
+        let images = status(&index)["images"].as_u64().unwrap();
+        assert!(
+            images >= last,
+            "round {round}: {images} images after a kill, {last} before"
+        );
+        last = images;
+    }
+    assert!(kills >= 6, "only {kills} builds were killed mid-run");
+    let s = build(&photos, &index, "vit336_tiny.pt");
+    assert_eq!(s["total"].as_u64(), Some(n as u64), "{s}");
+    let st = status(&index);
+    assert_eq!(st["images"].as_u64(), Some(n as u64));
+    assert_eq!(st["vectors"].as_u64(), Some(n as u64), "no duplicates");
+    verify_ok(&index);
+    eprintln!("kill -9 loop: {kills} kills, {last} images committed before the final run, 0 lost");
+}
+
+#[test]
+fn search_answers_while_a_build_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = make_corpus(&photos, 150, 160);
+    let index = tmp.path().join("index");
+    let mut child = spawn_build(&photos, &index, "vit336_tiny.pt");
+    let started = Instant::now();
+    let mut answered_during_build = 0;
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(300) {
+        if index.join("model.json").exists() {
+            let out = run(
+                "cnclip-search",
+                &[
+                    "--index",
+                    index.to_str().unwrap(),
+                    "-k",
+                    "3",
+                    "--json",
+                    "--image",
+                    files[0].to_str().unwrap(),
+                ],
+            );
+            let still_running = child.try_wait().unwrap().is_none();
+            assert!(
+                out.status.success(),
+                "search failed during build: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if still_running {
+                answered_during_build += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(
+        answered_during_build >= 1,
+        "no search ran while the build was running"
+    );
+    let hits = search_image(&index, &files[0], 1);
+    assert_eq!(
+        Path::new(hits[0]["path"].as_str().unwrap()),
+        files[0].canonicalize().unwrap()
+    );
+}
