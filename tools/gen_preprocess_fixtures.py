@@ -277,6 +277,20 @@ def main():
     # marker and reads the samples inverted ("CMYK;I"), as Photoshop files are.
     cmyk = Image.fromarray(np.stack([photo(640, 480, c, 32, noise_mask=7) for c in range(4)], 2), "CMYK")
     pil_file(cmyk, "jpeg_cmyk.jpg", "JPEG", lossy=True, quality=90)
+    # Smaller four-channel files for the other decoding paths. Pillow's `subsampling` halves every
+    # channel but the first. Progressive, subsampled and rotated by EXIF (orientation 6):
+    cmyk = Image.fromarray(np.stack([photo(320, 240, c, 33, noise_mask=7) for c in range(4)], 2), "CMYK")
+    pil_file(cmyk, "jpeg_cmyk_progressive_exif6.jpg", "JPEG", lossy=True, quality=90, subsampling=2,
+             progressive=True, exif=exif_with_orientation(6))
+    # YCCK (Adobe transform 2), as Photoshop writes CMYK: Pillow cannot encode it, so the channels of
+    # a CMYK file are relabelled Y, Cb, Cr, K by patching the transform byte of its APP14 marker.
+    ycck = Image.fromarray(np.stack([photo(320, 240, c, 34, noise_mask=7) for c in range(4)], 2), "CMYK")
+    pil_file(ycck, "jpeg_ycck.jpg", "JPEG", lossy=True, quality=90, subsampling=2)
+    data = bytearray(files["jpeg_ycck.jpg"][0])
+    app14 = data.index(b"\xff\xee\x00\x0eAdobe")  # marker, length 14, then "Adobe"
+    assert data[app14 + 15] == 0, "APP14 transform of a CMYK JPEG"
+    data[app14 + 15] = 2
+    files["jpeg_ycck.jpg"] = (bytes(data), True)
     # EXIF orientations on an asymmetric image: exact with PNG (eXIf chunk), lossy with JPEG (APP1).
     small = Image.fromarray(np.stack([photo(96, 64, c, 40) for c in range(3)], 2), "RGB")
     for o in range(1, 9):

@@ -440,3 +440,11 @@ fn bombs_are_refused_from_the_header() {
         (160, 120)
     );
 }
+
+#[test]
+fn zz_dump_cmyk() {
+    for name in ["jpeg_cmyk.jpg", "jpeg_cmyk_progressive_exif6.jpg", "jpeg_ycck.jpg", "jpeg_q90.jpg"] {
+        let img = load_image(&fixtures().join(name), &opts(false)).unwrap();
+        std::fs::write(format!("/tmp/dump_{name}.raw"), img.as_u8().unwrap()).unwrap();
+    }
+}
