@@ -228,18 +228,17 @@ impl<'a> Indexer<'a> {
                 Some(Outcome::New(job, h, p)) => new.push((job, h, p)),
                 None => {}
             }
-            if new.len() >= batch || other.len() >= self.options.max_batch_records || end {
-                if !new.is_empty() || !other.is_empty() {
-                    done += new.len() + other.len();
-                    self.commit_batch(
-                        std::mem::take(&mut new),
-                        std::mem::take(&mut other),
-                        embedder,
-                        reporter,
-                        summary,
-                        (done, todo),
-                    )?;
-                }
+            let full = new.len() >= batch || other.len() >= self.options.max_batch_records;
+            if (full || end) && (!new.is_empty() || !other.is_empty()) {
+                done += new.len() + other.len();
+                self.commit_batch(
+                    std::mem::take(&mut new),
+                    std::mem::take(&mut other),
+                    embedder,
+                    reporter,
+                    summary,
+                    (done, todo),
+                )?;
             }
             if end {
                 break;

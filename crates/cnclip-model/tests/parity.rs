@@ -80,7 +80,7 @@ fn load(checkpoint: &str, dtype: DType) -> ChineseClip {
 }
 
 fn load_from(path: &Path, dtype: DType) -> ChineseClip {
-    ChineseClip::load(&path, &Device::Cpu, dtype)
+    ChineseClip::load(path, &Device::Cpu, dtype)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -28,7 +28,8 @@
 //! let searcher = Searcher::open(dir.path())?;
 //! // The fake model's vector of the red image, as a query:
 //! let red = std::fs::read(photos.path().join("red.png"))?;
-//! let query = embedder.embed(&[embedder.prepare("red.png".as_ref(), &red).unwrap()])?.remove(0);
+//! let prepared = embedder.prepare("red.png".as_ref(), &red)?;
+//! let query = embedder.embed(&[prepared]).expect("the fake always embeds").remove(0);
 //! let hits = searcher.search_vector(&query, 1)?;
 //! assert!(hits[0].path.ends_with("red.png"));
 //! assert!((hits[0].score - 1.0).abs() < 1e-5);

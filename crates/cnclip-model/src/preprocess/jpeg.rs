@@ -112,15 +112,10 @@ pub(crate) fn decode_cmyk(
     kind: FourChannel,
     (width, height): (u32, u32),
 ) -> Result<Vec<u8>, ImageError> {
-    let decode_err = |e: DecodeErrors| match e {
-        DecodeErrors::Unsupported(e) => ImageError::Unsupported {
-            path: path.to_path_buf(),
-            message: format!("{e:?}"),
-        },
-        e => ImageError::Decode {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_owned(),
-        },
+    // Unsupported coding schemes were already refused when the `image` crate read the header.
+    let decode_err = |e: DecodeErrors| ImageError::Decode {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_owned(),
     };
     let options = DecoderOptions::default()
         .set_strict_mode(false)

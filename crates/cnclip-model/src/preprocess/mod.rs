@@ -10,8 +10,9 @@
 //! Decoding uses the `image` crate. Lossless formats (PNG of every colour type and depth, GIF, BMP,
 //! lossless WebP, TIFF) decode to PIL's pixels in PIL's mode, so the end result is identical. JPEG
 //! decoders differ slightly (zune-jpeg vs PIL's libjpeg-turbo): after the resize, at most 1–3 levels
-//! on a few percent of the samples. CMYK JPEGs are converted to RGB by the decoder, before the resize
-//! (PIL resizes in CMYK, then converts), which moves edges by up to ~11 levels.
+//! on a few percent of the samples. Four-channel (CMYK and YCCK) JPEGs are decoded to their inks and
+//! stay `CMYK` until after the resize, as in PIL; where their channels are subsampled, zune-jpeg's
+//! upsampling rounds differently from libjpeg-turbo's (up to 2–3 levels, a fifth of a level on average).
 //! Two deliberate differences from cn_clip, both options:
 //! EXIF orientation is applied by default (cn_clip ignores it, so a portrait photo from a phone is
 //! embedded lying on its side), and images above [`DEFAULT_MAX_PIXELS`] are refused before decoding.

@@ -1,0 +1,251 @@
+//! Searching: self-retrieval (exact and graph + pending vectors), removals, duplicates, refresh,
+//! query checks, and a search while a build runs in another process.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cnclip_index::{
+    EmbedError, FakeEmbedder, GraphPolicy, ImageEmbedder, Index, Indexer, ModelIdentity, Silent,
+};
+use cnclip_search::{Error, QueryEncoder, Searcher};
+use common::{canon, png};
+
+fn vector_of(e: &FakeEmbedder, p: &Path) -> Vec<f32> {
+    let prepared = e.prepare(p, &fs::read(p).unwrap()).unwrap();
+    e.embed(&[prepared]).unwrap().remove(0)
+}
+
+fn build(idx: &Path, photos: &Path, e: &FakeEmbedder, policy: GraphPolicy) {
+    let mut index = Index::open_or_create(idx, &e.identity()).unwrap();
+    index.set_graph_policy(policy);
+    Indexer::new(&mut index).build(photos, e, &Silent).unwrap();
+}
+
+fn assert_self_retrieval(s: &Searcher, e: &FakeEmbedder, files: &[PathBuf]) {
+    for f in files {
+        let hits = s.search_vector(&vector_of(e, f), 3).unwrap();
+        assert_eq!(hits[0].path, canon(f), "{} is not its own best match", f.display());
+        assert_eq!(hits[0].rank, 1);
+        assert!((hits[0].score - 1.0).abs() < 1e-4, "score {}", hits[0].score);
+        assert!(hits[1].score < 0.9);
+    }
+}
+
+#[test]
+fn each_image_finds_itself_exact_and_through_the_graph() {
+    let photos = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (0..60)
+        .map(|i| png(photos.path(), &format!("d{}/p{i}.png", i % 4), i))
+        .collect();
+    let e = FakeEmbedder::new(32);
+
+    // Small index: exact.
+    let idx = tempfile::tempdir().unwrap();
+    build(idx.path(), photos.path(), &e, GraphPolicy::default());
+    let s = Searcher::open(idx.path()).unwrap();
+    assert!(!s.uses_graph());
+    assert_eq!((s.len(), s.vectors(), s.exact_vectors()), (60, 60, 60));
+    assert_self_retrieval(&s, &e, &files);
+
+    // Graph: all vectors in the snapshot.
+    let idx2 = tempfile::tempdir().unwrap();
+    let policy = GraphPolicy {
+        min_vectors: 20,
+        max_pending: 100,
+        ..GraphPolicy::default()
+    };
+    build(idx2.path(), photos.path(), &e, policy);
+    let s = Searcher::open(idx2.path()).unwrap();
+    assert!(s.uses_graph());
+    assert_eq!(s.exact_vectors(), 0);
+    assert_self_retrieval(&s, &e, &files);
+
+    // New files wait outside the snapshot (max_pending) and are scanned exactly; removed ones are
+    // filtered out of the graph's answers.
+    let more: Vec<PathBuf> = (60..75)
+        .map(|i| png(photos.path(), &format!("new/p{i}.png"), i))
+        .collect();
+    let removed: Vec<PathBuf> = files[..5].iter().map(|f| canon(f)).collect();
+    for f in &files[..5] {
+        fs::remove_file(f).unwrap();
+    }
+    build(idx2.path(), photos.path(), &e, policy);
+    let s = Searcher::open(idx2.path()).unwrap();
+    assert!(s.uses_graph());
+    assert_eq!((s.len(), s.exact_vectors()), (70, 15));
+    assert_self_retrieval(&s, &e, &more);
+    assert_self_retrieval(&s, &e, &files[5..]);
+    let everything = s.search_vector(&vector_of(&e, &more[0]), 70).unwrap();
+    assert!(everything.iter().all(|h| !removed.contains(&h.path)));
+    let all = s.search_vector(&vector_of(&e, &more[0]), 1000).unwrap();
+    assert_eq!(all.len(), 70, "k above the index size returns everything once");
+    let ranks: Vec<usize> = all.iter().map(|h| h.rank).collect();
+    assert_eq!(ranks, (1..=70).collect::<Vec<_>>());
+}
+
+#[test]
+fn identical_files_are_both_returned() {
+    let photos = tempfile::tempdir().unwrap();
+    let a = png(photos.path(), "a.png", 1);
+    fs::copy(&a, photos.path().join("b.png")).unwrap();
+    png(photos.path(), "c.png", 2);
+    let e = FakeEmbedder::new(16);
+    let idx = tempfile::tempdir().unwrap();
+    build(idx.path(), photos.path(), &e, GraphPolicy::default());
+    let s = Searcher::open(idx.path()).unwrap();
+    assert_eq!((s.len(), s.vectors()), (3, 2));
+    let hits = s.search_vector(&vector_of(&e, &a), 2).unwrap();
+    let names: Vec<_> = hits.iter().map(|h| h.path.file_name().unwrap()).collect();
+    assert_eq!(names, ["a.png", "b.png"]);
+    assert_eq!(hits[0].score, hits[1].score);
+}
+
+#[test]
+fn refresh_sees_later_batches() {
+    let photos = tempfile::tempdir().unwrap();
+    png(photos.path(), "a.png", 1);
+    let e = FakeEmbedder::new(16);
+    let idx = tempfile::tempdir().unwrap();
+    let mut index = Index::create(idx.path(), &e.identity()).unwrap();
+    Indexer::new(&mut index).build(photos.path(), &e, &Silent).unwrap();
+    // A reader in the writer's own process, while the writer holds the index.
+    let mut s = Searcher::open(idx.path()).unwrap();
+    assert_eq!(s.len(), 1);
+    let b = png(photos.path(), "b.png", 2);
+    Indexer::new(&mut index).build(photos.path(), &e, &Silent).unwrap();
+    assert_eq!(s.len(), 1);
+    assert!(s.refresh().unwrap());
+    assert_eq!(s.len(), 2);
+    assert!(s.contains(&canon(&b)));
+    assert!(!s.refresh().unwrap());
+}
+
+struct Encoder(FakeEmbedder, PathBuf);
+
+impl QueryEncoder for Encoder {
+    fn identity(&self) -> ModelIdentity {
+        self.0.identity()
+    }
+    fn encode_text(&self, _text: &str) -> Result<Vec<f32>, EmbedError> {
+        Ok(vector_of(&self.0, &self.1))
+    }
+    fn encode_image(&self, path: &Path) -> Result<Vec<f32>, EmbedError> {
+        Ok(vector_of(&self.0, path))
+    }
+}
+
+#[test]
+fn queries_are_checked() {
+    let photos = tempfile::tempdir().unwrap();
+    let a = png(photos.path(), "a.png", 1);
+    png(photos.path(), "b.png", 2);
+    let e = FakeEmbedder::new(16);
+    let idx = tempfile::tempdir().unwrap();
+    build(idx.path(), photos.path(), &e, GraphPolicy::default());
+    let s = Searcher::open(idx.path()).unwrap();
+    assert_eq!(s.identity().model, "fake");
+    assert!(matches!(
+        s.search_vector(&[1.0; 8], 1),
+        Err(Error::WrongDimension { expected: 16, got: 8 })
+    ));
+    assert!(s.search_vector(&[0.0; 16], 1).is_err());
+    assert!(s.search_vector(&[1.0; 16], 0).unwrap().is_empty());
+
+    let enc = Encoder(FakeEmbedder::new(16), a.clone());
+    assert_eq!(s.search_text(&enc, "一只小猫", 1).unwrap()[0].path, canon(&a));
+    assert_eq!(s.search_image(&enc, &a, 1).unwrap()[0].path, canon(&a));
+    let other = Encoder(FakeEmbedder::new(16).with_model("RN50"), a.clone());
+    let err = s.search_text(&other, "一只小猫", 1).unwrap_err();
+    assert!(err.to_string().contains("--model fake"), "{err}");
+
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Searcher::open(empty.path()),
+        Err(Error::NotAnIndex { .. })
+    ));
+}
+
+const CHILD: &str = "CNCLIP_SEARCH_CHILD";
+
+/// The builder process for `search_while_a_build_runs_elsewhere`; a no-op in a normal run.
+#[test]
+fn slow_build_child() {
+    let Some(photos) = std::env::var_os(CHILD) else {
+        return;
+    };
+    let idx = PathBuf::from(std::env::var_os("CNCLIP_SEARCH_CHILD_INDEX").unwrap());
+    let e = FakeEmbedder::new(16)
+        .with_batch_size(2)
+        .with_delay(Duration::from_millis(15));
+    let mut index = Index::open_or_create(&idx, &e.identity()).unwrap();
+    Indexer::new(&mut index)
+        .build(Path::new(&photos), &e, &Silent)
+        .unwrap();
+}
+
+#[test]
+fn search_while_a_build_runs_elsewhere() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let photos = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (0..120)
+        .map(|i| png(photos.path(), &format!("p{i:03}.png"), i))
+        .collect();
+    let e = FakeEmbedder::new(16);
+    let idx = tempfile::tempdir().unwrap();
+    let idx = idx.path().join("index");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["slow_build_child", "--exact", "--test-threads=1"])
+        .env(CHILD, photos.path())
+        .env("CNCLIP_SEARCH_CHILD_INDEX", &idx)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut searcher: Option<Searcher> = None;
+    loop {
+        let finished = child.try_wait().unwrap().is_some();
+        match searcher.as_mut() {
+            None => searcher = Searcher::open(&idx).ok(),
+            Some(s) => {
+                s.refresh().unwrap();
+            }
+        }
+        if let Some(s) = &searcher {
+            // While the builder holds sled, readers answer from what it has committed.
+            if !finished && s.len() > 0 {
+                assert!(matches!(
+                    Index::open(&idx),
+                    Err(cnclip_index::Error::Locked { .. })
+                ));
+            }
+            let n = s.len();
+            if n > 0 {
+                let probe = files.iter().find(|f| s.contains(&canon(f))).unwrap();
+                let hits = s.search_vector(&vector_of(&e, probe), 1).unwrap();
+                assert_eq!(hits[0].path, canon(probe));
+            }
+            if seen.last() != Some(&n) {
+                seen.push(n);
+            }
+        }
+        if finished {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "build too slow");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(*seen.last().unwrap(), 120);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    assert!(
+        seen.iter().any(|n| *n > 0 && *n < 120),
+        "no search happened mid-build: {seen:?}"
+    );
+}
