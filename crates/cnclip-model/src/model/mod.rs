@@ -14,7 +14,7 @@ pub mod vit;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{ClipConfig, VisionConfig};
@@ -316,9 +316,4 @@ fn softmax(row: &[f32]) -> Vec<f32> {
     let exps: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
-}
-
-/// Normalises rows of a `[n, d]` tensor to unit L2 norm.
-pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
 }
