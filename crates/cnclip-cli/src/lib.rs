@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod engine;
+pub mod eval;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use cnclip_cli::eval::{self as ev, Backend, Progress};
 use cnclip_cli::{load_model, print_error, stdout_ok, Precision};
 use cnclip_model::preprocess::{self, PreprocessOptions};
 use cnclip_model::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
@@ -101,6 +102,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Evaluate on the official benchmarks: retrieval recall (MUGE, Flickr30K-CN, COCO-CN layout)
+    /// and zero-shot classification (ImageFolder).
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
     /// Throughput measurement used by tools/bench_vs_reference.py (prints one JSON line).
     #[command(hide = true)]
     Bench {
@@ -119,6 +126,68 @@ enum Command {
         /// Texts, one per line (text and tokenize).
         #[arg(long)]
         corpus: Option<PathBuf>,
+        #[command(flatten)]
+        common: ModelArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Text→image and image→text R@1/5/10 and MR on ${split}_imgs.tsv + ${split}_texts.jsonl.
+    /// With --json, one line: {"t2i": {"R@1", "R@5", "R@10", "MR"}, "i2t": {…}, "MR": mean of the
+    /// six, …} in percent; with --index-backend hnsw, "exact" holds exact search's scores too.
+    Retrieval {
+        /// Zoo name or checkpoint path.
+        #[arg(long, env = "CNCLIP_MODEL")]
+        model: String,
+        /// Directory holding ${split}_imgs.tsv and ${split}_texts.jsonl.
+        #[arg(long)]
+        data: PathBuf,
+        /// Split name (valid, test, …).
+        #[arg(long)]
+        split: String,
+        /// Exact search (the official protocol) or the HNSW graph, reported against exact.
+        #[arg(long, value_enum, default_value_t = Backend::Exact)]
+        index_backend: Backend,
+        /// HNSW search candidate list size.
+        #[arg(long, default_value_t = cnclip_index::graph::DEFAULT_EF_SEARCH)]
+        ef_search: usize,
+        /// Write text→image top-10 predictions here, as cn_clip's make_topk_predictions.py does.
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+        /// Write image→text top-10 predictions here, as make_topk_predictions_tr.py does.
+        #[arg(long)]
+        predictions_tr: Option<PathBuf>,
+        /// Images (and texts) embedded at a time.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// One JSON line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: ModelArgs,
+    },
+    /// Zero-shot top-1/top-5 accuracy on an ImageFolder (one subfolder per class, sorted order =
+    /// class index). With --json: {"top1", "top5", "n", …}, accuracies in percent.
+    Zeroshot {
+        /// Zoo name or checkpoint path.
+        #[arg(long, env = "CNCLIP_MODEL")]
+        model: String,
+        /// The ImageFolder root.
+        #[arg(long)]
+        data: PathBuf,
+        /// label_cn.txt: one Chinese label per line, in class-index order.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Prompt templates, one per line with {} for the label (default: cnclip's own).
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        /// Images embedded at a time.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// One JSON line.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         common: ModelArgs,
     },
@@ -180,6 +249,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Convert { model, out } => cnclip_cli::convert(&model, &out),
         Command::Models { json } => cnclip_cli::list_models(json),
+        Command::Eval { command } => eval(command),
         Command::Bench {
             model,
             what,
@@ -206,6 +276,76 @@ fn preprocess_options(size: usize, common: &ModelArgs) -> PreprocessOptions {
         size,
         exif_orientation: !common.no_exif_orientation,
         ..PreprocessOptions::default()
+    }
+}
+
+fn eval(command: EvalCommand) -> Result<()> {
+    let bar = ev::TerminalBar::default();
+    let progress: &dyn Progress = &bar;
+    let (json, report) = match command {
+        EvalCommand::Retrieval {
+            model,
+            data,
+            split,
+            index_backend,
+            ef_search,
+            predictions,
+            predictions_tr,
+            batch_size,
+            json,
+            common,
+        } => {
+            if batch_size == 0 {
+                bail!("--batch-size must be at least 1");
+            }
+            let opts = ev::RetrievalOptions {
+                data,
+                split,
+                batch_size,
+                backend: index_backend,
+                graph: cnclip_index::graph::GraphParams {
+                    ef_search,
+                    ..Default::default()
+                },
+                preprocess: preprocess_options(0, &common),
+                predictions,
+                predictions_tr,
+            };
+            opts.check()?;
+            let model = load_model(&model, common.precision)?;
+            let r = ev::retrieval::evaluate(&model, &opts, progress)?;
+            (json, (r.to_json(), r.to_text()))
+        }
+        EvalCommand::Zeroshot {
+            model,
+            data,
+            labels,
+            templates,
+            batch_size,
+            json,
+            common,
+        } => {
+            if batch_size == 0 {
+                bail!("--batch-size must be at least 1");
+            }
+            let opts = ev::ZeroShotOptions {
+                data,
+                labels,
+                templates,
+                batch_size,
+                preprocess: preprocess_options(0, &common),
+            };
+            opts.check()?;
+            let model = load_model(&model, common.precision)?;
+            let r = ev::zeroshot::evaluate(&model, &opts, progress)?;
+            (json, (r.to_json(), r.to_text()))
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        stdout_ok(writeln!(out, "{}", report.0))
+    } else {
+        stdout_ok(write!(out, "{}", report.1))
     }
 }
 
