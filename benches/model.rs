@@ -39,7 +39,11 @@ fn towers(c: &mut Criterion) {
     g.sample_size(10);
     for batch in [1usize, 8] {
         let images: Vec<Vec<f32>> = (0..batch)
-            .map(|b| (0..n).map(|i| ((b * n + i) % 251) as f32 / 125.0 - 1.0).collect())
+            .map(|b| {
+                (0..n)
+                    .map(|i| ((b * n + i) % 251) as f32 / 125.0 - 1.0)
+                    .collect()
+            })
             .collect();
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(format!("image batch {batch}"), |b| {
@@ -48,7 +52,11 @@ fn towers(c: &mut Criterion) {
     }
     g.throughput(Throughput::Elements(1));
     g.bench_function("text short query", |b| {
-        b.iter(|| model.encode_texts(&["穿红衣服的女孩在公园里放风筝"]).unwrap())
+        b.iter(|| {
+            model
+                .encode_texts(&["穿红衣服的女孩在公园里放风筝"])
+                .unwrap()
+        })
     });
     g.finish();
 }

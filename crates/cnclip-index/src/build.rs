@@ -114,7 +114,8 @@ impl<'a> Indexer<'a> {
         self.index.check_identity(&embedder.identity())?;
         let root = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
         reporter.phase(Phase::Walking);
-        let walked = walk(&root, &|| self.stopped());
+        let exclude = std::fs::canonicalize(self.index.path()).ok();
+        let walked = walk(&root, exclude.as_deref(), &|| self.stopped());
         let mut summary = BuildSummary {
             ignored: walked.ignored,
             ..Default::default()
@@ -250,7 +251,7 @@ impl<'a> Indexer<'a> {
 
     fn commit_batch<E: ImageEmbedder>(
         &mut self,
-        new: Vec<(Job, Hash, E::Prepared)>,
+        mut new: Vec<(Job, Hash, E::Prepared)>,
         other: Vec<(Job, Option<Hash>)>,
         embedder: &E,
         reporter: &dyn Reporter,
@@ -258,12 +259,33 @@ impl<'a> Indexer<'a> {
         (done, todo): (usize, usize),
     ) -> Result<()> {
         let dim = self.index.identity().dim;
+        let reader = self.index.store.reader();
+        let mut late_skips = Vec::new();
+        let mut kept = Vec::with_capacity(other.len());
+        for (job, hash) in other {
+            match hash {
+                // The content had a vector when the decoder looked, but an earlier batch removed
+                // it (its last other file changed): decode the file after all.
+                Some(h)
+                    if reader.hash_entry(&h)?.is_none() && !new.iter().any(|n| n.1 == h) =>
+                {
+                    match reprepare(&job, h, embedder, self.options.max_file_bytes) {
+                        Ok(p) => new.push((job, h, p)),
+                        Err(reason) => late_skips.push(Skipped {
+                            path: job.file.path.clone(),
+                            reason,
+                        }),
+                    }
+                }
+                _ => kept.push((job, hash)),
+            }
+        }
+        let other = kept;
         // Embed only content that has no vector yet, once per distinct content.
         let mut embed_items: Vec<E::Prepared> = Vec::new();
         let mut embed_hashes: Vec<Hash> = Vec::new();
         let mut planned: HashSet<Hash> = HashSet::new();
         let mut new_jobs: Vec<(Job, Option<Hash>)> = Vec::with_capacity(new.len());
-        let reader = self.index.store.reader();
         for (job, h, p) in new {
             if !planned.contains(&h) && reader.hash_entry(&h)?.is_none() {
                 planned.insert(h);
@@ -300,7 +322,6 @@ impl<'a> Indexer<'a> {
             txn.add_vector(hash, &v);
         }
         let mut paths = Vec::new();
-        let mut late_skips = Vec::new();
         for (job, hash) in new_jobs.iter().chain(other.iter()) {
             let hash = *hash;
             let key = job.file.path.as_os_str().as_bytes();
@@ -317,8 +338,7 @@ impl<'a> Indexer<'a> {
                 continue;
             }
             if txn.hash_entry(&hash)?.is_none() {
-                // The content's vector went away meanwhile (its last other file changed in an
-                // earlier batch): this file has to be embedded after all.
+                // Only when the file changed between the decoder's read and this batch.
                 late_skips.push(Skipped {
                     path: job.file.path.clone(),
                     reason: "changed while indexing; run the build again".into(),
@@ -333,7 +353,7 @@ impl<'a> Indexer<'a> {
             }
             paths.push(job.file.path.clone());
         }
-        let pending = txn.finish();
+        let pending = txn.finish()?;
         self.index.commit(pending)?;
         for s in late_skips {
             reporter.skipped(&s);
@@ -374,11 +394,28 @@ impl<'a> Indexer<'a> {
             for p in chunk {
                 txn.remove_record(p)?;
             }
-            let pending = txn.finish();
+            let pending = txn.finish()?;
             self.index.commit(pending)?;
         }
         Ok(gone.len())
     }
+}
+
+/// Reads and prepares a file again on the committing thread (rare: see `commit_batch`).
+fn reprepare<E: ImageEmbedder>(
+    job: &Job,
+    hash: Hash,
+    embedder: &E,
+    max_bytes: u64,
+) -> std::result::Result<E::Prepared, String> {
+    let mut bytes = Vec::new();
+    File::open(&job.file.path)
+        .and_then(|f| f.take(max_bytes + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read: {}", e.to_string().to_lowercase()))?;
+    if Sha256::digest(&bytes).as_slice() != hash {
+        return Err("changed while indexing; run the build again".into());
+    }
+    embedder.prepare(&job.file.path, &bytes)
 }
 
 /// Reads, hashes and (for new content) decodes one file. Runs on a decoder thread.

@@ -38,6 +38,8 @@ pub const DEFAULT_EF_SEARCH: usize = 200;
 /// Below this many vectors the writer keeps no graph and readers scan exactly: exact is faster
 /// there (measured, see the crate docs) and exact.
 pub const GRAPH_MIN_VECTORS: usize = 50_000;
+/// Exact scans of at least this many vectors run on all cores.
+pub const PARALLEL_SCAN_MIN: usize = 32_768;
 /// The graph is rebuilt from the vectors when more than this fraction of its points are removed.
 pub const MAX_TOMBSTONE_FRACTION: f64 = 0.1;
 
@@ -412,11 +414,33 @@ impl FlatVectors {
         self.ids.iter().copied().zip(self.data.chunks_exact(self.dim.max(1)))
     }
 
-    /// The exact `k` best `(vid, cosine)`, best first.
+    /// The exact `k` best `(vid, cosine)`, best first. Scans of [`PARALLEL_SCAN_MIN`] vectors
+    /// or more are split across rayon's threads.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<(u64, f32)> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 8192;
+        let n = self.len();
+        if n < PARALLEL_SCAN_MIN {
+            return self.scan(0..n, query, k);
+        }
+        let starts: Vec<usize> = (0..n).step_by(CHUNK).collect();
+        let parts: Vec<Vec<(u64, f32)>> = starts
+            .par_iter()
+            .map(|&s| self.scan(s..(s + CHUNK).min(n), query, k))
+            .collect();
         let mut top = TopK::new(k);
-        for (id, v) in self.iter() {
-            top.push(id, dot(query, v));
+        for (id, score) in parts.into_iter().flatten() {
+            top.push(id, score);
+        }
+        top.into_sorted()
+    }
+
+    fn scan(&self, range: std::ops::Range<usize>, query: &[f32], k: usize) -> Vec<(u64, f32)> {
+        let d = self.dim.max(1);
+        let mut top = TopK::new(k);
+        let data = &self.data[range.start * d..range.end * d];
+        for (id, v) in self.ids[range].iter().zip(data.chunks_exact(d)) {
+            top.push(*id, dot(query, v));
         }
         top.into_sorted()
     }

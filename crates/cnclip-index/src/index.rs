@@ -93,11 +93,16 @@ impl std::fmt::Debug for Index {
 impl Index {
     /// Creates a new index in `dir` (created if missing; must be empty if it exists).
     pub fn create(dir: &Path, identity: &ModelIdentity) -> Result<Index> {
+        // What a creation that crashed before the database was in place can leave behind.
+        const LEFTOVERS: [&str; 3] = [crate::store::CREATING, "reader.log", "reader.log.tmp"];
         match fs::read_dir(dir) {
-            Ok(mut it) => {
-                // A leftover of a creation that crashed is not content.
-                if it.any(|e| e.map_or(true, |e| e.file_name() != crate::store::CREATING)) {
-                    return Err(Error::NotEmpty { path: dir.into() });
+            Ok(it) => {
+                for e in it {
+                    let e = e.map_err(|e| Error::io(dir, e))?;
+                    let name = e.file_name();
+                    if !LEFTOVERS.iter().any(|l| name == *l) || db_path(dir).exists() {
+                        return Err(Error::NotEmpty { path: dir.into() });
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -169,20 +169,55 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
     open_db_at(&db_path(dir), dir)
 }
 
+/// How long opening waits for a lock this process held itself. sled frees a closed database's file
+/// (and its lock) in deferred epoch-based reclamation, so reopening right after closing in the same
+/// process can find it still locked for a moment (seen in a loop of create/close/reopen). A lock
+/// held by another process is reported at once.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Index directories this process has opened.
+static OPENED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn opened_here(dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.into());
+    OPENED.lock().map(|o| o.contains(&dir)).unwrap_or(false)
+}
+
+fn remember_opened(dir: &Path) {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.into());
+    if let Ok(mut o) = OPENED.lock() {
+        if !o.contains(&dir) {
+            o.push(dir);
+        }
+    }
+}
+
 fn open_db_at(path: &Path, dir: &Path) -> Result<sled::Db> {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(64 << 20)
-        .open()
-        .map_err(|e| match e {
-            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                Error::Locked { path: dir.into() }
+    let start = std::time::Instant::now();
+    loop {
+        let r = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 << 20)
+            .open();
+        match r {
+            Ok(db) => {
+                remember_opened(dir);
+                return Ok(db);
             }
-            e => Error::Db {
-                path: dir.into(),
-                source: e,
-            },
-        })
+            Err(sled::Error::Io(ref io)) if io.to_string().contains("could not acquire lock") => {
+                if start.elapsed() >= LOCK_WAIT || !opened_here(dir) {
+                    return Err(Error::Locked { path: dir.into() });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(Error::Db {
+                    path: dir.into(),
+                    source: e,
+                })
+            }
+        }
+    }
 }
 
 impl Store {
@@ -212,6 +247,14 @@ impl Store {
             db.apply_batch(b).map_err(err)?;
             db.flush().map_err(err)?;
         }
+        // Readers find the (empty) reader log as soon as the database exists.
+        crate::view::write_empty(
+            dir,
+            &crate::view::ViewHeader {
+                uuid: uuid.into(),
+                identity: identity.clone(),
+            },
+        )?;
         crate::fsutil::rename_durably(&tmp, &db_path(dir))?;
         Store::open(dir)
     }
@@ -410,6 +453,7 @@ impl Store {
             hashes: HashMap::new(),
             records: HashMap::new(),
             ops: Vec::new(),
+            unrefs: Vec::new(),
         }
     }
 
@@ -459,6 +503,9 @@ pub(crate) struct Txn<'s> {
     hashes: HashMap<Hash, Option<HashEntry>>,
     records: HashMap<Vec<u8>, Option<Record>>,
     ops: Vec<ViewOp>,
+    /// Contents that lost a record in this batch. Dropped at the end, so that content moving
+    /// between files within a batch (two files swapping contents) keeps its vector.
+    unrefs: Vec<Hash>,
 }
 
 /// A finished [`Txn`], no longer borrowing the store.
@@ -469,12 +516,16 @@ pub(crate) struct Pending {
 }
 
 impl Txn<'_> {
-    pub fn finish(self) -> Pending {
-        Pending {
+    /// Applies the deferred reference drops and hands the batch over for commit.
+    pub fn finish(mut self) -> Result<Pending> {
+        for hash in std::mem::take(&mut self.unrefs) {
+            self.unref(hash)?;
+        }
+        Ok(Pending {
             batch: self.batch,
             counters: self.counters,
             ops: self.ops,
-        }
+        })
     }
 
     pub fn hash_entry(&self, hash: &Hash) -> Result<Option<HashEntry>> {
@@ -588,7 +639,7 @@ impl Txn<'_> {
         e.refs += 1;
         self.put_hash(hash, Some(e));
         if let Some(o) = old {
-            self.unref(o.hash)?;
+            self.unrefs.push(o.hash);
         } else {
             self.counters.view_live_bytes += ViewOp::path_len(path) as u64;
         }
@@ -611,7 +662,7 @@ impl Txn<'_> {
             .counters
             .view_live_bytes
             .saturating_sub(ViewOp::path_len(path) as u64);
-        self.unref(old.hash)?;
+        self.unrefs.push(old.hash);
         self.ops.push(ViewOp::RemovePath {
             path: path.to_vec(),
         });

@@ -335,6 +335,13 @@ impl ViewReader {
     }
 }
 
+/// Writes the log of a new, empty index (batch 0), atomically.
+pub(crate) fn write_empty(dir: &Path, header: &ViewHeader) -> Result<()> {
+    let mut bytes = encode_header(header);
+    bytes.extend_from_slice(&encode_frame(0, &[]));
+    crate::fsutil::write_atomically(&dir.join(FILE_NAME), &bytes)
+}
+
 /// The writer's end of the log.
 pub(crate) struct ViewWriter {
     path: PathBuf,

@@ -33,13 +33,16 @@ pub(crate) struct Walk {
     pub unreadable: Vec<PathBuf>,
 }
 
-/// Walks `root` (absolute), sorted by name.
-pub(crate) fn walk(root: &Path, stop: &dyn Fn() -> bool) -> Walk {
+/// Walks `root` (absolute), sorted by name, not descending into `exclude` (the index itself, when
+/// it lives inside the folder).
+pub(crate) fn walk(root: &Path, exclude: Option<&Path>, stop: &dyn Fn() -> bool) -> Walk {
     let mut w = Walk::default();
     let mut seen = HashSet::new();
     for entry in walkdir::WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| Some(e.path()) != exclude)
     {
         if stop() {
             break;

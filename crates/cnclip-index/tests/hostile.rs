@@ -88,7 +88,7 @@ fn corpus() -> Corpus {
     let root = fs::canonicalize(dir.path()).unwrap();
     let mut valid = Vec::new();
     let mut skipped = Vec::new();
-    let mut put = |name: &[u8], bytes: &[u8]| -> PathBuf {
+    let put = |name: &[u8], bytes: &[u8]| -> PathBuf {
         let p = root.join(OsStr::from_bytes(name));
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, bytes).unwrap();

@@ -231,3 +231,26 @@ fn default_index_path_follows_the_environment() {
     assert_eq!(path(&home).unwrap(), Path::new("/home/u/.local/share/cnclip/index"));
     assert_eq!(path(&env(&[])), None);
 }
+
+#[test]
+fn an_index_inside_the_folder_is_not_walked() {
+    let photos = tempfile::tempdir().unwrap();
+    png(photos.path(), "a.png", 1);
+    let e = FakeEmbedder::new(8);
+    let mut index = Index::create(&photos.path().join(".cnclip"), &e.identity()).unwrap();
+    let s = Indexer::new(&mut index).build(photos.path(), &e, &Silent).unwrap();
+    let s2 = Indexer::new(&mut index).build(photos.path(), &e, &Silent).unwrap();
+    assert_eq!((s.indexed, s.ignored, s2.ignored, s2.unchanged), (1, 0, 0, 1));
+}
+
+#[test]
+fn leftovers_of_a_crashed_creation_do_not_block_the_next() {
+    let idx = tempfile::tempdir().unwrap();
+    fs::create_dir_all(idx.path().join("db.creating/blobs")).unwrap();
+    fs::write(idx.path().join("db.creating/conf"), b"half").unwrap();
+    fs::write(idx.path().join("reader.log"), b"CNCLIPRL").unwrap();
+    let e = FakeEmbedder::new(8);
+    let index = Index::open_or_create(idx.path(), &e.identity()).unwrap();
+    assert!(index.verify().unwrap().is_ok());
+    assert!(!idx.path().join("db.creating").exists());
+}
