@@ -254,3 +254,40 @@ fn leftovers_of_a_crashed_creation_do_not_block_the_next() {
     assert!(index.verify().unwrap().is_ok());
     assert!(!idx.path().join("db.creating").exists());
 }
+
+#[test]
+fn files_swapping_contents_keep_both_vectors() {
+    let photos = tempfile::tempdir().unwrap();
+    let p = photos.path();
+    let (a, b) = (png(p, "a.png", 1), png(p, "b.png", 2));
+    let e = FakeEmbedder::new(16);
+    let idx = tempfile::tempdir().unwrap();
+    let mut index = Index::create(idx.path(), &e.identity()).unwrap();
+    build(&mut index, p, &e);
+    let hash = |index: &Index, f: &Path| index.record(&canon(f)).unwrap().unwrap().hash;
+    // One batch (both changes together), then one change per batch (the second file's content
+    // lost its vector in the first batch and is embedded again).
+    for (records_per_batch, embedded) in [(512, 0), (1, 1)] {
+        let (ha, hb) = (hash(&index, &a), hash(&index, &b));
+        let (ba, bb) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+        fs::write(&a, &bb).unwrap();
+        fs::write(&b, &ba).unwrap();
+        set_mtime(&a, 1);
+        set_mtime(&b, 2);
+        let options = cnclip_index::BuildOptions {
+            max_batch_records: records_per_batch,
+            decoder_threads: 1,
+            ..Default::default()
+        };
+        let s = Indexer::new(&mut index)
+            .with_options(options)
+            .build(p, &e, &Silent)
+            .unwrap();
+        assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+        assert_eq!((s.indexed, s.embedded), (2, embedded), "{s:?}");
+        assert_eq!((hash(&index, &a), hash(&index, &b)), (hb, ha));
+        let v = index.verify().unwrap();
+        assert!(v.is_ok(), "{:?}", v.problems);
+        assert_eq!(index.status().unwrap().vectors, 2);
+    }
+}
