@@ -94,7 +94,9 @@ fn queries_and_graph(c: &mut Criterion) {
     let mut g = Graph::new(params, n);
     let mut flat = FlatVectors::new(DIM);
     let mut group = c.benchmark_group("query_512d_k10");
-    group.sample_size(20).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
     let mut done = 0;
     for size in [n / 8, n / 4, n / 2, n] {
         let t = Instant::now();

@@ -266,9 +266,7 @@ impl<'a> Indexer<'a> {
             match hash {
                 // The content had a vector when the decoder looked, but an earlier batch removed
                 // it (its last other file changed): decode the file after all.
-                Some(h)
-                    if reader.hash_entry(&h)?.is_none() && !new.iter().any(|n| n.1 == h) =>
-                {
+                Some(h) if reader.hash_entry(&h)?.is_none() && !new.iter().any(|n| n.1 == h) => {
                     match reprepare(&job, h, embedder, self.options.max_file_bytes) {
                         Ok(p) => new.push((job, h, p)),
                         Err(reason) => late_skips.push(Skipped {
@@ -434,17 +432,17 @@ fn decode_job<E: ImageEmbedder>(
     if job.file.size > max_bytes {
         return skip(
             &job,
-            format!(
-                "file is larger than the {} MiB limit",
-                max_bytes >> 20
-            ),
+            format!("file is larger than the {} MiB limit", max_bytes >> 20),
         );
     }
     let mut bytes = Vec::with_capacity(job.file.size as usize);
-    let read = File::open(&job.file.path)
-        .and_then(|f| f.take(max_bytes + 1).read_to_end(&mut bytes));
+    let read =
+        File::open(&job.file.path).and_then(|f| f.take(max_bytes + 1).read_to_end(&mut bytes));
     if let Err(e) = read {
-        return skip(&job, format!("cannot read: {}", e.to_string().to_lowercase()));
+        return skip(
+            &job,
+            format!("cannot read: {}", e.to_string().to_lowercase()),
+        );
     }
     if bytes.is_empty() {
         return skip(&job, "empty file".into());

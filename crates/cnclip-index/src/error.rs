@@ -33,13 +33,17 @@ pub enum Error {
         source: sled::Error,
     },
     /// There is no index at this path.
-    #[error("{path} is not a cnclip index; build one with `cnclip-index build DIR --index {path}`")]
+    #[error(
+        "{path} is not a cnclip index; build one with `cnclip-index build DIR --index {path}`"
+    )]
     NotAnIndex {
         /// The path that was opened.
         path: PathBuf,
     },
     /// Creating an index where something else already is.
-    #[error("{path} already exists and is neither empty nor a cnclip index; choose another --index")]
+    #[error(
+        "{path} already exists and is neither empty nor a cnclip index; choose another --index"
+    )]
     NotEmpty {
         /// The path that was given.
         path: PathBuf,

@@ -56,7 +56,7 @@ pub struct Status {
     pub format_version: u32,
     /// The graph snapshot, if there is one (below the exact-search threshold there is none).
     pub graph: Option<GraphStatus>,
-    /// Vector additions and removals since the graph snapshot.
+    /// Vector additions and removals since the graph snapshot (0 without a graph).
     pub pending_changes: u64,
     /// Committed batches so far.
     pub batches: u64,
@@ -202,7 +202,8 @@ impl Index {
     pub fn status(&self) -> Result<Status> {
         let c = self.store.counters();
         let manifest = graph::read_manifest(&self.dir).ok().flatten();
-        let pending = c.seq - manifest.as_ref().map_or(0, |m| m.seq.min(c.seq));
+        // Without a graph nothing waits for one (readers scan everything exactly).
+        let pending = manifest.as_ref().map_or(0, |m| c.seq - m.seq.min(c.seq));
         Ok(Status {
             path: self.dir.clone(),
             images: c.records,
@@ -214,7 +215,7 @@ impl Index {
                 live: m.live,
                 seq: m.seq,
             }),
-            pending_changes: if c.vectors == 0 { 0 } else { pending },
+            pending_changes: pending,
             batches: c.batch,
             disk_bytes: crate::fsutil::dir_size(&self.dir),
         })
@@ -258,18 +259,24 @@ impl Index {
             }
             return self.store.truncate_changes(c.seq);
         }
-        let loaded = match graph::load_snapshot(&self.dir, &uuid, dim) {
-            Ok(Some((m, g))) if m.seq <= c.seq => Some((m, g)),
+        // Decide from the manifest and the change sequence; load the graph only to extend it.
+        let plan = match &manifest {
+            Some(m) if m.uuid == uuid && m.dim == dim && m.seq <= c.seq => {
+                self.adds_since(m.seq, c.seq)?.map(|adds| (m.points, adds))
+            }
             _ => None,
         };
-        if let Some((m, mut g)) = loaded {
-            if let Some(adds) = self.adds_since(m.seq, c.seq, &g)? {
-                let points = g.len() + adds.len();
-                let tombstones = points.saturating_sub(live);
-                if (tombstones as f64) <= p.max_tombstones * points as f64 {
-                    if adds.len() <= p.max_pending.max(g.len() / 20) {
-                        return Ok(()); // readers scan the few pending vectors exactly
-                    }
+        if let Some((points_before, adds)) = plan {
+            let points = points_before + adds.len();
+            let tombstones = points.saturating_sub(live);
+            if (tombstones as f64) <= p.max_tombstones * points as f64 {
+                let intact = manifest
+                    .as_ref()
+                    .is_some_and(|m| graph::check_files(&self.dir, m, &uuid, dim).is_ok());
+                if intact && adds.len() <= p.max_pending.max(points_before / 20) {
+                    return Ok(()); // readers scan the few pending vectors exactly
+                }
+                if let Ok(Some((_, mut g))) = graph::load_snapshot(&self.dir, &uuid, dim) {
                     reporter.phase(Phase::Graph {
                         pending: adds.len(),
                         rebuild: false,
@@ -289,10 +296,12 @@ impl Index {
         self.rebuild_graph(reporter)
     }
 
-    /// Vector ids added after `from` (up to `to`) and missing from `g`; `None` when the change
-    /// sequence does not cover that range (the graph must be rebuilt).
-    fn adds_since(&self, from: u64, to: u64, g: &Graph) -> Result<Option<Vec<u64>>> {
+    /// Vector ids added after change `from` (up to `to`) and still live — none of them is in a
+    /// snapshot taken at `from`, since ids are never reused. `None` when the change sequence does
+    /// not cover that range (the graph must be rebuilt).
+    fn adds_since(&self, from: u64, to: u64) -> Result<Option<Vec<u64>>> {
         let mut adds = Vec::new();
+        let mut removed = std::collections::HashSet::new();
         let mut expect = from + 1;
         for r in self.store.changes() {
             let (seq, change) = r?;
@@ -303,12 +312,14 @@ impl Index {
                 return Ok(None);
             }
             expect += 1;
-            if let Change::Add(vid) = change {
-                if !g.contains(vid) {
-                    adds.push(vid);
+            match change {
+                Change::Add(vid) => adds.push(vid),
+                Change::Remove(vid) => {
+                    removed.insert(vid);
                 }
             }
         }
+        adds.retain(|v| !removed.contains(v));
         Ok((expect == to + 1).then_some(adds))
     }
 

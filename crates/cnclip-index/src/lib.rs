@@ -38,11 +38,13 @@
 //! wait for a build's batch, and periodic full snapshots would show stale results for as long as a
 //! snapshot takes to write.
 //!
-//! **Graph.** Below [`graph::GRAPH_MIN_VECTORS`] vectors there is no graph: an exact scan is faster
-//! there. Above, the writer keeps a snapshot of the HNSW graph and a change sequence of vector
-//! additions and removals since it; readers search the snapshot (removed vectors filtered out) and
-//! scan the vectors added since exactly, then merge. The snapshot is rewritten once enough vectors
-//! wait, and rebuilt when removed points pass [`graph::MAX_TOMBSTONE_FRACTION`].
+//! **Graph.** Below [`graph::GRAPH_MIN_VECTORS`] (50 000) vectors there is no graph: an exact scan
+//! is faster there (measured; see that constant). Above, the writer keeps a snapshot of the HNSW
+//! graph and a change sequence of vector additions and removals since it; readers search the
+//! snapshot (removed vectors dropped from its answers) and scan the vectors added since exactly,
+//! then merge. The snapshot is rewritten once enough vectors wait (1 000, or 5% of the graph), and
+//! rebuilt when removed points pass [`graph::MAX_TOMBSTONE_FRACTION`]. hnsw_rs's own filtered
+//! search is not used: given a filter it stops terminating early and explores most of the graph.
 //!
 //! Unix only: file names are stored as their exact `OsStr` bytes.
 //!

@@ -233,7 +233,10 @@ impl Store {
         {
             let db = open_db_at(&tmp, dir)?;
             let mut b = sled::Batch::default();
-            b.insert(meta_key("format_version"), FORMAT_VERSION.to_le_bytes().to_vec());
+            b.insert(
+                meta_key("format_version"),
+                FORMAT_VERSION.to_le_bytes().to_vec(),
+            );
             b.insert(
                 meta_key("identity"),
                 serde_json::to_vec(identity).expect("serializable"),
@@ -371,7 +374,10 @@ impl Store {
     pub fn hashes(&self) -> impl Iterator<Item = Result<(Hash, HashEntry)>> + '_ {
         self.scan(HASH, &[]).map(|r| {
             let (k, v) = r?;
-            let hash: Hash = k.as_slice().try_into().map_err(|_| self.bad("hash key", &k))?;
+            let hash: Hash = k
+                .as_slice()
+                .try_into()
+                .map_err(|_| self.bad("hash key", &k))?;
             let e = HashEntry::decode(&v).ok_or_else(|| self.bad("hash entry", &k))?;
             Ok((hash, e))
         })
@@ -425,10 +431,7 @@ impl Store {
     }
 
     pub fn record(&self, path: &[u8]) -> Result<Option<Record>> {
-        let v = self
-            .db
-            .get(key(RECORD, path))
-            .map_err(|e| self.db_err(e))?;
+        let v = self.db.get(key(RECORD, path)).map_err(|e| self.db_err(e))?;
         v.map(|v| Record::decode(&v).ok_or_else(|| self.bad("record", path)))
             .transpose()
     }

@@ -51,7 +51,8 @@ impl Index {
             if *n <= MAX_EACH {
                 r.problems.push(msg);
             } else if *n == MAX_EACH + 1 {
-                r.problems.push(format!("(more {kind} problems not listed)"));
+                r.problems
+                    .push(format!("(more {kind} problems not listed)"));
             }
         };
         let store = &self.store;
@@ -66,7 +67,11 @@ impl Index {
             *refs.entry(rec.hash).or_default() += 1;
             if !record_ids.insert(rec.id) {
                 let p = String::from_utf8_lossy(&path).into_owned();
-                problem(&mut r, "record", format!("record id {} is used twice ({p})", rec.id));
+                problem(
+                    &mut r,
+                    "record",
+                    format!("record id {} is used twice ({p})", rec.id),
+                );
             }
             path_hash.insert(path, rec.hash);
         }
@@ -91,12 +96,19 @@ impl Index {
                 problem(&mut r, "refs", msg);
             }
             if vid_hash.insert(e.vid, h).is_some() {
-                problem(&mut r, "vid", format!("vector {} serves two contents", e.vid));
+                problem(
+                    &mut r,
+                    "vid",
+                    format!("vector {} serves two contents", e.vid),
+                );
             }
             hash_vid.insert(h, e.vid);
         }
         for (h, n) in refs {
-            let msg = format!("{n} records point at content {} which has no vector", hex(&h));
+            let msg = format!(
+                "{n} records point at content {} which has no vector",
+                hex(&h)
+            );
             problem(&mut r, "refs", msg);
         }
 
@@ -104,17 +116,29 @@ impl Index {
         for v in store.vectors() {
             let (vid, h, v) = v?;
             if vid_hash.get(&vid) != Some(&h) {
-                problem(&mut r, "vector", format!("vector {vid} is not referenced (orphan)"));
+                problem(
+                    &mut r,
+                    "vector",
+                    format!("vector {vid} is not referenced (orphan)"),
+                );
             }
             if vid >= c.next_vid {
-                problem(&mut r, "vector", format!("vector id {vid} was never assigned"));
+                problem(
+                    &mut r,
+                    "vector",
+                    format!("vector id {vid} was never assigned"),
+                );
             }
             let norm = dot(&v, &v);
             if v.len() != dim {
                 let msg = format!("vector {vid} has {} values, the index {dim}", v.len());
                 problem(&mut r, "vector", msg);
             } else if !norm.is_finite() || (norm - 1.0).abs() > 1e-3 {
-                problem(&mut r, "vector", format!("vector {vid} has squared norm {norm}"));
+                problem(
+                    &mut r,
+                    "vector",
+                    format!("vector {vid} has squared norm {norm}"),
+                );
             }
             vectors.insert(vid, v);
         }
@@ -167,7 +191,11 @@ impl Index {
                     }
                 })?;
                 if view.batch() != c.batch {
-                    let msg = format!("reader log ends at batch {}, sled at {}", view.batch(), c.batch);
+                    let msg = format!(
+                        "reader log ends at batch {}, sled at {}",
+                        view.batch(),
+                        c.batch
+                    );
                     problem(&mut r, "view", msg);
                 }
                 let sled_paths: HashMap<&Vec<u8>, Option<&u64>> = path_hash
@@ -226,7 +254,11 @@ impl Index {
                 }
                 for id in g.ids() {
                     if *id >= c.next_vid {
-                        problem(&mut r, "graph", format!("graph point {id} was never a vector"));
+                        problem(
+                            &mut r,
+                            "graph",
+                            format!("graph point {id} was never a vector"),
+                        );
                     }
                 }
                 let mut waiting = 0;

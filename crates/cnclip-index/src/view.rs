@@ -429,11 +429,12 @@ impl ViewWriter {
         let mut ops = Vec::new();
         let mut size = 0;
         let mut frames = 0;
-        let flush = |ops: &mut Vec<ViewOp>, size: &mut usize, out: &mut dyn Write, n: &mut usize| {
-            *n += 1;
-            *size = 0;
-            out.write_all(&encode_frame(batch, &std::mem::take(ops)))
-        };
+        let flush =
+            |ops: &mut Vec<ViewOp>, size: &mut usize, out: &mut dyn Write, n: &mut usize| {
+                *n += 1;
+                *size = 0;
+                out.write_all(&encode_frame(batch, &std::mem::take(ops)))
+            };
         let mut hashes = std::collections::HashMap::new();
         for r in store.hashes() {
             let (h, e) = r?;

@@ -50,7 +50,10 @@ pub(crate) fn walk(root: &Path, exclude: Option<&Path>, stop: &dyn Fn() -> bool)
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| root.into());
+                let path = e
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.into());
                 if let Some(anc) = e.loop_ancestor() {
                     w.skipped.push(Skipped {
                         path,

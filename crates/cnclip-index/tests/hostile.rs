@@ -45,7 +45,9 @@ fn png_bomb() -> Vec<u8> {
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
     png_chunk(&mut out, b"IHDR", &ihdr);
     // zlib stream with one stored block of 4 zero bytes.
-    let idat = [0x78, 0x01, 0x01, 4, 0, 0xfb, 0xff, 0, 0, 0, 0, 0, 0x04, 0, 0x01];
+    let idat = [
+        0x78, 0x01, 0x01, 4, 0, 0xfb, 0xff, 0, 0, 0, 0, 0, 0x04, 0, 0x01,
+    ];
     png_chunk(&mut out, b"IDAT", &idat);
     png_chunk(&mut out, b"IEND", &[]);
     out
@@ -59,8 +61,13 @@ fn animated_gif() -> Vec<u8> {
         let mut enc = GifEncoder::new(&mut out);
         for seed in [1, 2, 3] {
             let frame = DynamicImage::ImageRgb8(noise(10, 7, seed)).into_rgba8();
-            enc.encode_frame(Frame::from_parts(frame, 0, 0, Delay::from_numer_denom_ms(100, 1)))
-                .unwrap();
+            enc.encode_frame(Frame::from_parts(
+                frame,
+                0,
+                0,
+                Delay::from_numer_denom_ms(100, 1),
+            ))
+            .unwrap();
         }
     }
     out
@@ -94,20 +101,32 @@ fn corpus() -> Corpus {
         fs::write(&p, bytes).unwrap();
         p
     };
-    let jpeg = encode(&DynamicImage::ImageRgb8(noise(32, 24, 5)), ImageFormat::Jpeg);
+    let jpeg = encode(
+        &DynamicImage::ImageRgb8(noise(32, 24, 5)),
+        ImageFormat::Jpeg,
+    );
     let png = encode(&DynamicImage::ImageRgb8(noise(16, 16, 6)), ImageFormat::Png);
 
     // Unusable.
     skipped.push((put(b"zero.jpg", b""), "empty"));
     skipped.push((put(b"truncated.png", &png[..png.len() / 2]), ""));
     skipped.push((put(b"truncated.jpg", &jpeg[..jpeg.len() / 2]), ""));
-    skipped.push((put(b"random.png", &[0x13u8; 300].map(|b| b ^ 0x5c)), "not a recognised"));
+    skipped.push((
+        put(b"random.png", &[0x13u8; 300].map(|b| b ^ 0x5c)),
+        "not a recognised",
+    ));
     let mut rng = common::Rng(9);
     let random: Vec<u8> = (0..999).map(|_| rng.next_u64() as u8).collect();
     skipped.push((put(b"random.jpg", &random), "not a recognised"));
-    skipped.push((put(b"text.jpg", b"this is not a picture\n"), "not a recognised"));
+    skipped.push((
+        put(b"text.jpg", b"this is not a picture\n"),
+        "not a recognised",
+    ));
     skipped.push((put(b"bomb.png", &png_bomb()), "100000\u{d7}100000"));
-    skipped.push((put(b"photo.heic", b"\0\0\0\x18ftypheic\0\0\0\0"), "unsupported image format"));
+    skipped.push((
+        put(b"photo.heic", b"\0\0\0\x18ftypheic\0\0\0\0"),
+        "unsupported image format",
+    ));
     let html_gif = put(b"looks-like.gif", b"GIF89a\x01\0\x01\0garbage");
     skipped.push((html_gif, ""));
 
@@ -153,7 +172,10 @@ fn corpus() -> Corpus {
     ));
     valid.push(put(
         b"gray.tif",
-        &encode(&DynamicImage::ImageRgb8(noise(6, 6, 8)).grayscale(), ImageFormat::Tiff),
+        &encode(
+            &DynamicImage::ImageRgb8(noise(6, 6, 8)).grayscale(),
+            ImageFormat::Tiff,
+        ),
     ));
     valid.push(put(
         b"old.bmp",
@@ -162,7 +184,10 @@ fn corpus() -> Corpus {
     // A directory named like an image is walked into, not read.
     valid.push(put(b"dir.jpg/inside.png", &png));
     // A file that is a PNG under a .jpg name: the content decides.
-    valid.push(put(b"misnamed.jpg", &encode(&DynamicImage::ImageRgb8(noise(3, 3, 11)), ImageFormat::Png)));
+    valid.push(put(
+        b"misnamed.jpg",
+        &encode(&DynamicImage::ImageRgb8(noise(3, 3, 11)), ImageFormat::Png),
+    ));
     // Not images: ignored, not reported.
     put(b"notes.txt", b"hello");
     put(b"movie.mp4", b"\0\0\0\x20ftypisom");
@@ -186,13 +211,18 @@ fn hostile_corpus_is_skipped_with_reasons_and_odd_images_are_indexed() {
     let idx = tempfile::tempdir().unwrap();
     let e = FakeEmbedder::new(16);
     let mut index = Index::create(idx.path(), &e.identity()).unwrap();
-    let s = Indexer::new(&mut index).build(c.dir.path(), &e, &Silent).unwrap();
+    let s = Indexer::new(&mut index)
+        .build(c.dir.path(), &e, &Silent)
+        .unwrap();
 
     for (p, word) in &c.skipped {
-        let r = reason(&s.skipped, p).unwrap_or_else(|| {
-            panic!("{} not reported; skipped: {:#?}", p.display(), s.skipped)
-        });
-        assert!(r.contains(word), "{}: reason {r:?} lacks {word:?}", p.display());
+        let r = reason(&s.skipped, p)
+            .unwrap_or_else(|| panic!("{} not reported; skipped: {:#?}", p.display(), s.skipped));
+        assert!(
+            r.contains(word),
+            "{}: reason {r:?} lacks {word:?}",
+            p.display()
+        );
         assert!(index.record(p).unwrap().is_none());
     }
     for p in &c.valid {
@@ -216,7 +246,9 @@ fn hostile_corpus_is_skipped_with_reasons_and_odd_images_are_indexed() {
         .any(|(p, _)| p.as_os_str().as_bytes().ends_with(b"caf\xe9-latin1.png")));
 
     // A second run changes nothing and reports the same skips.
-    let s2 = Indexer::new(&mut index).build(c.dir.path(), &e, &Silent).unwrap();
+    let s2 = Indexer::new(&mut index)
+        .build(c.dir.path(), &e, &Silent)
+        .unwrap();
     assert_eq!((s2.indexed, s2.removed, s2.embedded), (0, 0, 0));
     assert_eq!(s2.unchanged, c.valid.len());
     assert_eq!(s2.skipped.len(), s.skipped.len());
@@ -229,9 +261,13 @@ fn a_file_that_turns_bad_is_removed_from_the_index() {
     let idx = tempfile::tempdir().unwrap();
     let e = FakeEmbedder::new(16);
     let mut index = Index::create(idx.path(), &e.identity()).unwrap();
-    Indexer::new(&mut index).build(dir.path(), &e, &Silent).unwrap();
+    Indexer::new(&mut index)
+        .build(dir.path(), &e, &Silent)
+        .unwrap();
     fs::write(&p, b"now garbage").unwrap();
-    let s = Indexer::new(&mut index).build(dir.path(), &e, &Silent).unwrap();
+    let s = Indexer::new(&mut index)
+        .build(dir.path(), &e, &Silent)
+        .unwrap();
     assert_eq!((s.removed, s.total, s.skipped.len()), (1, 0, 1));
     assert!(index.verify().unwrap().is_ok());
 }
@@ -244,7 +280,9 @@ fn an_unreadable_folder_keeps_its_records() {
     let idx = tempfile::tempdir().unwrap();
     let e = FakeEmbedder::new(16);
     let mut index = Index::create(idx.path(), &e.identity()).unwrap();
-    Indexer::new(&mut index).build(dir.path(), &e, &Silent).unwrap();
+    Indexer::new(&mut index)
+        .build(dir.path(), &e, &Silent)
+        .unwrap();
     use std::os::unix::fs::PermissionsExt;
     let locked = dir.path().join("locked");
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
@@ -253,10 +291,15 @@ fn an_unreadable_folder_keeps_its_records() {
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
         return;
     }
-    let s = Indexer::new(&mut index).build(dir.path(), &e, &Silent).unwrap();
+    let s = Indexer::new(&mut index)
+        .build(dir.path(), &e, &Silent)
+        .unwrap();
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!((s.removed, s.total), (0, 2), "{:?}", s.skipped);
-    assert!(s.skipped.iter().any(|k| k.reason.contains("cannot read directory")));
+    assert!(s
+        .skipped
+        .iter()
+        .any(|k| k.reason.contains("cannot read directory")));
 }
 
 #[test]

@@ -7,9 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use cnclip_index::{
-    BuildSummary, Error, FakeEmbedder, ImageEmbedder, Index, Indexer, Silent,
-};
+use cnclip_index::{BuildSummary, Error, FakeEmbedder, ImageEmbedder, Index, Indexer, Silent};
 use common::{canon, png};
 
 fn build(index: &mut Index, dir: &Path, e: &FakeEmbedder) -> BuildSummary {
@@ -41,14 +39,24 @@ fn add_modify_rename_delete_copy_touch() {
     let mut index = Index::create(&idx.path().join("i"), &e.identity()).unwrap();
 
     let s = build(&mut index, p, &e);
-    assert_eq!((s.indexed, s.unchanged, s.removed, s.total, s.embedded), (3, 0, 0, 3, 3));
+    assert_eq!(
+        (s.indexed, s.unchanged, s.removed, s.total, s.embedded),
+        (3, 0, 0, 3, 3)
+    );
     assert!(s.skipped.is_empty(), "{:?}", s.skipped);
 
     // Nothing changed: nothing read, nothing embedded.
     let calls = e.calls();
     let s = build(&mut index, p, &e);
-    assert_eq!((s.indexed, s.unchanged, s.removed, s.total, s.embedded), (0, 3, 0, 3, 0));
-    assert_eq!(e.calls(), calls, "an unchanged folder must not call the model");
+    assert_eq!(
+        (s.indexed, s.unchanged, s.removed, s.total, s.embedded),
+        (0, 3, 0, 3, 0)
+    );
+    assert_eq!(
+        e.calls(),
+        calls,
+        "an unchanged folder must not call the model"
+    );
 
     // New file.
     png(p, "d.png", 4);
@@ -60,7 +68,11 @@ fn add_modify_rename_delete_copy_touch() {
     set_mtime(&a, 5);
     let s = build(&mut index, p, &e);
     assert_eq!((s.indexed, s.embedded, s.total), (1, 1, 4));
-    assert_eq!(index.status().unwrap().vectors, 4, "the old vector of a.png is gone");
+    assert_eq!(
+        index.status().unwrap().vectors,
+        4,
+        "the old vector of a.png is gone"
+    );
 
     // Rename / move: same content under a new path, no embedding.
     let moved = p.join("sub/moved.png");
@@ -89,7 +101,10 @@ fn add_modify_rename_delete_copy_touch() {
     assert_eq!((s.indexed, s.unchanged, s.embedded), (0, 4, 0));
     let rec = index.record(&canon(&moved)).unwrap().unwrap();
     let now = fs::metadata(&moved).unwrap().modified().unwrap();
-    let ns = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let ns = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
     assert_eq!(rec.mtime_ns, ns, "the new mtime is recorded");
 
     // Removing one of two identical files keeps the shared vector; removing both drops it.
@@ -131,7 +146,11 @@ fn only_the_built_folder_is_pruned() {
     let mut index = Index::create(idx.path(), &e.identity()).unwrap();
     build(&mut index, &p.join("one"), &e);
     let s = build(&mut index, &p.join("two"), &e);
-    assert_eq!((s.indexed, s.removed, s.total), (1, 0, 2), "one/ is not under two/");
+    assert_eq!(
+        (s.indexed, s.removed, s.total),
+        (1, 0, 2),
+        "one/ is not under two/"
+    );
     // A sibling whose name extends the root's is not under it either.
     png(p, "one-more/c.png", 3);
     build(&mut index, &p.join("one-more"), &e);
@@ -202,7 +221,10 @@ fn second_writer_is_refused_while_first_holds_the_index() {
 #[test]
 fn not_an_index_and_not_empty() {
     let d = tempfile::tempdir().unwrap();
-    assert!(matches!(Index::open(d.path()), Err(Error::NotAnIndex { .. })));
+    assert!(matches!(
+        Index::open(d.path()),
+        Err(Error::NotAnIndex { .. })
+    ));
     fs::write(d.path().join("notes.txt"), "x").unwrap();
     let e = FakeEmbedder::new(8);
     assert!(matches!(
@@ -222,13 +244,24 @@ fn default_index_path_follows_the_environment() {
                 .map(|(_, v)| OsString::from(v))
         }
     };
-    let all = env(&[("CNCLIP_INDEX", "/x"), ("XDG_DATA_HOME", "/data"), ("HOME", "/home/u")]);
+    let all = env(&[
+        ("CNCLIP_INDEX", "/x"),
+        ("XDG_DATA_HOME", "/data"),
+        ("HOME", "/home/u"),
+    ]);
     let path = cnclip_index::default_index_path_from;
     assert_eq!(path(&all).unwrap(), Path::new("/x"));
-    let xdg = env(&[("CNCLIP_INDEX", ""), ("XDG_DATA_HOME", "/data"), ("HOME", "/home/u")]);
+    let xdg = env(&[
+        ("CNCLIP_INDEX", ""),
+        ("XDG_DATA_HOME", "/data"),
+        ("HOME", "/home/u"),
+    ]);
     assert_eq!(path(&xdg).unwrap(), Path::new("/data/cnclip/index"));
     let home = env(&[("HOME", "/home/u")]);
-    assert_eq!(path(&home).unwrap(), Path::new("/home/u/.local/share/cnclip/index"));
+    assert_eq!(
+        path(&home).unwrap(),
+        Path::new("/home/u/.local/share/cnclip/index")
+    );
     assert_eq!(path(&env(&[])), None);
 }
 
@@ -238,9 +271,16 @@ fn an_index_inside_the_folder_is_not_walked() {
     png(photos.path(), "a.png", 1);
     let e = FakeEmbedder::new(8);
     let mut index = Index::create(&photos.path().join(".cnclip"), &e.identity()).unwrap();
-    let s = Indexer::new(&mut index).build(photos.path(), &e, &Silent).unwrap();
-    let s2 = Indexer::new(&mut index).build(photos.path(), &e, &Silent).unwrap();
-    assert_eq!((s.indexed, s.ignored, s2.ignored, s2.unchanged), (1, 0, 0, 1));
+    let s = Indexer::new(&mut index)
+        .build(photos.path(), &e, &Silent)
+        .unwrap();
+    let s2 = Indexer::new(&mut index)
+        .build(photos.path(), &e, &Silent)
+        .unwrap();
+    assert_eq!(
+        (s.indexed, s.ignored, s2.ignored, s2.unchanged),
+        (1, 0, 0, 1)
+    );
 }
 
 #[test]

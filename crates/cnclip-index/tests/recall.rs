@@ -88,7 +88,9 @@ fn hnsw_recall_at_10_is_at_least_0_99_against_exact() {
     // Snapshot round trip: same graph, same answers.
     let dir = tempfile::tempdir().unwrap();
     graph::save_snapshot(dir.path(), &g, 7, N, "uuid", DIM).unwrap();
-    let (m, loaded) = graph::load_snapshot(dir.path(), "uuid", DIM).unwrap().unwrap();
+    let (m, loaded) = graph::load_snapshot(dir.path(), "uuid", DIM)
+        .unwrap()
+        .unwrap();
     assert_eq!((m.seq, m.points, loaded.len()), (7, N, N));
     for q in &queries[..50] {
         assert_eq!(g.search(q, 10, &|_| true), loaded.search(q, 10, &|_| true));
@@ -96,7 +98,11 @@ fn hnsw_recall_at_10_is_at_least_0_99_against_exact() {
     assert!(graph::load_snapshot(dir.path(), "another", DIM).is_err());
 
     // With 10% of the points removed (tombstones), results skip them and recall holds.
-    let removed: HashSet<u64> = items.iter().map(|x| x.0).filter(|id| id % 10 == 1).collect();
+    let removed: HashSet<u64> = items
+        .iter()
+        .map(|x| x.0)
+        .filter(|id| id % 10 == 1)
+        .collect();
     for id in &removed {
         flat.remove(*id);
     }

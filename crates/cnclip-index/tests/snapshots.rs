@@ -52,10 +52,19 @@ fn snapshot_files(idx: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn graph_snapshot_is_made_above_the_threshold_and_follows_changes() {
-    const { assert!(GRAPH_MIN_VECTORS >= 1000, "the default keeps small indexes exact") };
+    const {
+        assert!(
+            GRAPH_MIN_VECTORS >= 1000,
+            "the default keeps small indexes exact"
+        )
+    };
     let (photos, idx, e) = setup(60);
     let index = build(idx.path(), photos.path(), &e);
-    let g = index.status().unwrap().graph.expect("graph above min_vectors");
+    let g = index
+        .status()
+        .unwrap()
+        .graph
+        .expect("graph above min_vectors");
     assert_eq!((g.points, g.live), (60, 60));
     drop(index);
 
@@ -108,7 +117,11 @@ fn missing_graph_is_rebuilt() {
     drop(index);
     let index = build(idx.path(), photos.path(), &e);
     assert_eq!(index.status().unwrap().graph.unwrap().points, 50);
-    assert_eq!(e.embedded(), 50, "rebuilt from stored vectors, not re-embedded");
+    assert_eq!(
+        e.embedded(),
+        50,
+        "rebuilt from stored vectors, not re-embedded"
+    );
 }
 
 #[test]
@@ -213,7 +226,12 @@ fn reader_log_is_compacted_when_mostly_dead() {
         for i in 0..30 {
             let p = png(photos.path(), &format!("p{i:03}.png"), 1000 * round + i);
             let t = std::time::SystemTime::now() + std::time::Duration::from_secs(round + 1);
-            fs::File::options().write(true).open(p).unwrap().set_modified(t).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
         }
         drop(build(idx.path(), photos.path(), &e));
         sizes.push(fs::metadata(&log).unwrap().len());

@@ -188,7 +188,10 @@ impl Searcher {
     /// Picks up what was committed since: new batches of the reader log, a rewritten log, a new
     /// graph snapshot. Returns whether anything changed.
     pub fn refresh(&mut self) -> Result<bool> {
-        let current = graph::read_manifest(&self.dir).ok().flatten().map(|m| m.dir);
+        let current = graph::read_manifest(&self.dir)
+            .ok()
+            .flatten()
+            .map(|m| m.dir);
         let ours = self.graph.as_ref().map(|(m, _)| m.dir.clone());
         if self.view.is_replaced() || current != ours {
             let ef = self.ef_search;
@@ -262,7 +265,9 @@ impl Searcher {
         }
         let mut q = query.to_vec();
         if cnclip_index::normalize(&mut q).is_none() {
-            return Err(Error::Embed("the query vector is zero or not finite".into()));
+            return Err(Error::Embed(
+                "the query vector is zero or not finite".into(),
+            ));
         }
         let mut cands = self.state.delta.search(&q, k);
         if let Some((_, g)) = &self.graph {
@@ -306,14 +311,24 @@ impl Searcher {
     }
 
     /// The `k` images that best match a text query.
-    pub fn search_text<Q: QueryEncoder>(&self, encoder: &Q, text: &str, k: usize) -> Result<Vec<Hit>> {
+    pub fn search_text<Q: QueryEncoder>(
+        &self,
+        encoder: &Q,
+        text: &str,
+        k: usize,
+    ) -> Result<Vec<Hit>> {
         self.check_encoder(encoder)?;
         let v = encoder.encode_text(text).map_err(Error::Embed)?;
         self.search_vector(&v, k)
     }
 
     /// The `k` images most similar to the image at `path`.
-    pub fn search_image<Q: QueryEncoder>(&self, encoder: &Q, path: &Path, k: usize) -> Result<Vec<Hit>> {
+    pub fn search_image<Q: QueryEncoder>(
+        &self,
+        encoder: &Q,
+        path: &Path,
+        k: usize,
+    ) -> Result<Vec<Hit>> {
         self.check_encoder(encoder)?;
         let v = encoder.encode_image(path).map_err(Error::Embed)?;
         self.search_vector(&v, k)

@@ -71,7 +71,9 @@ fn crash_child() {
     let e = embedder();
     let mut index = Index::open_or_create(&idx, &e.identity()).unwrap();
     index.set_graph_policy(policy());
-    Indexer::new(&mut index).build(&photos, &e, &Announce).unwrap();
+    Indexer::new(&mut index)
+        .build(&photos, &e, &Announce)
+        .unwrap();
     println!("DONE");
 }
 
@@ -174,13 +176,21 @@ fn kill_9_during_build_loses_nothing_committed() {
     let mut rng = Rng(7);
     let (mut kills, mut finished, mut round) = (0, 0, 0u64);
     let mut empty_kills = 0;
-    while kills < 24 {
+    // CRASH_KILLS=500 for a longer local run.
+    let target: usize = std::env::var("CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    while kills < target {
         round += 1;
-        assert!(round < 400, "too many rounds");
+        assert!(round < 20 * target as u64, "too many rounds");
         let after = Duration::from_millis(10 + rng.below(300));
         let (committed, done) = run_child(&photos, &idx, Some(after));
         if std::env::var_os("CRASH_DEBUG").is_some() {
-            eprintln!("round {round}: kill after {after:?}: {} committed, done {done}", committed.len());
+            eprintln!(
+                "round {round}: kill after {after:?}: {} committed, done {done}",
+                committed.len()
+            );
         }
         if committed.is_empty() && !done {
             empty_kills += 1;
@@ -219,7 +229,9 @@ fn kill_9_during_build_loses_nothing_committed() {
     let e = FakeEmbedder::new(24);
     let mut index = Index::open_for(&idx, &e.identity()).unwrap();
     index.set_graph_policy(policy());
-    let s = Indexer::new(&mut index).build(&photos, &e, &Silent).unwrap();
+    let s = Indexer::new(&mut index)
+        .build(&photos, &e, &Silent)
+        .unwrap();
     assert_eq!((s.indexed, s.removed, s.embedded), (0, 0, 0), "{s:?}");
     let v = index.verify().unwrap();
     assert!(v.is_ok(), "{:?}", v.problems);

@@ -28,9 +28,18 @@ fn build(idx: &Path, photos: &Path, e: &FakeEmbedder, policy: GraphPolicy) {
 fn assert_self_retrieval(s: &Searcher, e: &FakeEmbedder, files: &[PathBuf]) {
     for f in files {
         let hits = s.search_vector(&vector_of(e, f), 3).unwrap();
-        assert_eq!(hits[0].path, canon(f), "{} is not its own best match", f.display());
+        assert_eq!(
+            hits[0].path,
+            canon(f),
+            "{} is not its own best match",
+            f.display()
+        );
         assert_eq!(hits[0].rank, 1);
-        assert!((hits[0].score - 1.0).abs() < 1e-4, "score {}", hits[0].score);
+        assert!(
+            (hits[0].score - 1.0).abs() < 1e-4,
+            "score {}",
+            hits[0].score
+        );
         assert!(hits[1].score < 0.9);
     }
 }
@@ -82,7 +91,11 @@ fn each_image_finds_itself_exact_and_through_the_graph() {
     let everything = s.search_vector(&vector_of(&e, &more[0]), 70).unwrap();
     assert!(everything.iter().all(|h| !removed.contains(&h.path)));
     let all = s.search_vector(&vector_of(&e, &more[0]), 1000).unwrap();
-    assert_eq!(all.len(), 70, "k above the index size returns everything once");
+    assert_eq!(
+        all.len(),
+        70,
+        "k above the index size returns everything once"
+    );
     let ranks: Vec<usize> = all.iter().map(|h| h.rank).collect();
     assert_eq!(ranks, (1..=70).collect::<Vec<_>>());
 }
@@ -111,12 +124,16 @@ fn refresh_sees_later_batches() {
     let e = FakeEmbedder::new(16);
     let idx = tempfile::tempdir().unwrap();
     let mut index = Index::create(idx.path(), &e.identity()).unwrap();
-    Indexer::new(&mut index).build(photos.path(), &e, &Silent).unwrap();
+    Indexer::new(&mut index)
+        .build(photos.path(), &e, &Silent)
+        .unwrap();
     // A reader in the writer's own process, while the writer holds the index.
     let mut s = Searcher::open(idx.path()).unwrap();
     assert_eq!(s.len(), 1);
     let b = png(photos.path(), "b.png", 2);
-    Indexer::new(&mut index).build(photos.path(), &e, &Silent).unwrap();
+    Indexer::new(&mut index)
+        .build(photos.path(), &e, &Silent)
+        .unwrap();
     assert_eq!(s.len(), 1);
     assert!(s.refresh().unwrap());
     assert_eq!(s.len(), 2);
@@ -150,13 +167,19 @@ fn queries_are_checked() {
     assert_eq!(s.identity().model, "fake");
     assert!(matches!(
         s.search_vector(&[1.0; 8], 1),
-        Err(Error::WrongDimension { expected: 16, got: 8 })
+        Err(Error::WrongDimension {
+            expected: 16,
+            got: 8
+        })
     ));
     assert!(s.search_vector(&[0.0; 16], 1).is_err());
     assert!(s.search_vector(&[1.0; 16], 0).unwrap().is_empty());
 
     let enc = Encoder(FakeEmbedder::new(16), a.clone());
-    assert_eq!(s.search_text(&enc, "一只小猫", 1).unwrap()[0].path, canon(&a));
+    assert_eq!(
+        s.search_text(&enc, "一只小猫", 1).unwrap()[0].path,
+        canon(&a)
+    );
     assert_eq!(s.search_image(&enc, &a, 1).unwrap()[0].path, canon(&a));
     let other = Encoder(FakeEmbedder::new(16).with_model("RN50"), a.clone());
     let err = s.search_text(&other, "一只小猫", 1).unwrap_err();

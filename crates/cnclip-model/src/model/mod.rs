@@ -290,7 +290,11 @@ fn weights_fingerprint(config: &ClipConfig, tensors: &HashMap<String, Tensor>) -
         }
         let head = t.flatten_all()?;
         let n = head.elem_count().min(64);
-        for v in head.narrow(0, 0, n)?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+        for v in head
+            .narrow(0, 0, n)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+        {
             h.update(v.to_le_bytes());
         }
     }
