@@ -3,6 +3,13 @@
 //!
 //! The binaries stay thin: they parse arguments, call into `cnclip-model` / `cnclip-index` /
 //! `cnclip-search`, and print.
+//!
+//! - [`engine::ClipEngine`] is the real model behind cnclip-index's `ImageEmbedder` and
+//!   cnclip-search's `QueryEncoder`.
+//! - [`eval`] runs the official retrieval and zero-shot protocols (`cnclip eval`).
+//! - [`bench`] backs the hidden `cnclip bench` used by `tools/bench_vs_reference.py`.
+
+#![deny(missing_docs)]
 
 pub mod bench;
 pub mod engine;

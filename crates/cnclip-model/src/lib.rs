@@ -6,6 +6,37 @@
 //! - [`weights`]: official `.pt` (restricted pickle reader), Hugging Face directories and safetensors.
 //! - [`model`]: the towers and [`model::ChineseClip`] (encode, similarity, zero-shot).
 //! - [`zoo`]: model names → local cache → ModelScope / Hugging Face hub.
+//!
+//! Embeddings equal cn_clip 1.6.0's to float precision (max |Δ| of normalised embeddings ≈ 1e-7
+//! for all five official architectures; see `tests/parity.rs`).
+//!
+//! # Example
+//!
+//! ```
+//! use cnclip_model::tokenizer::Tokenizer;
+//!
+//! // Same ids as cn_clip.clip.tokenize("一只小猫", context_length=8).
+//! let ids = Tokenizer::chinese().encode("一只小猫", 8)?;
+//! assert_eq!(ids, [101, 671, 1372, 2207, 4344, 102, 0, 0]);
+//! # Ok::<(), cnclip_model::Error>(())
+//! ```
+//!
+//! Zero-shot classification with an official checkpoint:
+//!
+//! ```no_run
+//! use candle_core::{DType, Device};
+//! use cnclip_model::model::ChineseClip;
+//! use cnclip_model::preprocess::{preprocess_path, PreprocessOptions};
+//!
+//! let model = ChineseClip::load("clip_cn_vit-b-16.pt".as_ref(), &Device::Cpu, DType::F32)?;
+//! let opts = PreprocessOptions { size: model.image_size(), ..PreprocessOptions::default() };
+//! let pixels = preprocess_path("pikachu.png".as_ref(), &opts)?;
+//! let probs = model.classify(&[pixels], &["杰尼龟", "妙蛙种子", "小火龙", "皮卡丘"])?;
+//! println!("{probs:?}");
+//! # Ok::<(), cnclip_model::Error>(())
+//! ```
+
+#![deny(missing_docs)]
 
 pub mod config;
 pub mod error;
