@@ -50,8 +50,7 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = ops::split_qkv(&self.qkv.forward(x)?, self.heads)?;
-        let a = ops::merge_heads(&ops::attention(&q, &k, &v, Some(mask))?)?;
+        let a = ops::fused_attention(&self.qkv.forward(x)?, self.heads, Some(mask))?;
         let x = self.attn_ln.forward(&(self.attn_out.forward(&a)? + x)?)?;
         let h = self.intermediate.forward(&x)?.gelu_erf()?;
         self.output_ln.forward(&(self.output.forward(&h)? + x)?)
@@ -128,12 +127,8 @@ impl TextTransformer {
     }
 }
 
-/// `[batch, 1, 1, len]`: 0 where `ids != 0`, −10000 at padding.
+/// `[batch, len]`: 0 where `ids != 0`, −10000 at padding.
 fn additive_mask(ids: &Tensor, dtype: DType, device: &Device) -> Result<Tensor> {
-    let (b, l) = ids.dims2()?;
     let is_pad = ids.eq(0u32)?.to_dtype(DType::F32)?;
-    (is_pad * MASK_VALUE)?
-        .to_dtype(dtype)?
-        .to_device(device)?
-        .reshape((b, 1, 1, l))
+    (is_pad * MASK_VALUE)?.to_dtype(dtype)?.to_device(device)
 }

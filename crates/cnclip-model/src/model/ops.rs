@@ -260,6 +260,189 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
     probs.matmul(v)
 }
 
+/// Multi-head attention straight from a fused `[batch, len, 3·width]` q/k/v projection to the
+/// merged `[batch, len, width]` output, with an optional additive key mask `[batch, len]`.
+///
+/// On the CPU in f32 this is one kernel: every (batch, head) pair is a task for rayon that reads
+/// its q, k and v columns in place (strided GEMM operands), so there is no head-split or
+/// head-merge copy, and small per-head GEMMs run one per thread instead of each being split over
+/// all threads. Elsewhere it falls back to [`split_qkv`] → [`attention`] → [`merge_heads`].
+/// Both compute `softmax(q·kᵀ/√d + mask)·v` with the softmax in f32.
+pub fn fused_attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+        let qkv = qkv.contiguous()?;
+        let op = FusedAttention { heads };
+        return match mask {
+            Some(m) => qkv.apply_op2_no_bwd(&m.to_dtype(DType::F32)?.contiguous()?, &op),
+            None => qkv.apply_op1_no_bwd(&op),
+        };
+    }
+    let (q, k, v) = split_qkv(qkv, heads)?;
+    let mask = match mask {
+        Some(m) => {
+            let (b, l) = m.dims2()?;
+            Some(m.to_dtype(qkv.dtype())?.reshape((b, 1, 1, l))?)
+        }
+        None => None,
+    };
+    merge_heads(&attention(&q, &k, &v, mask.as_ref())?)
+}
+
+struct FusedAttention {
+    heads: usize,
+}
+
+/// A raw output pointer shared by the attention tasks; each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only used to write elements that no other task touches (see `run`).
+#[allow(unsafe_code)]
+unsafe impl Send for OutPtr {}
+#[allow(unsafe_code)]
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Read through a method so closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl FusedAttention {
+    fn run(&self, qkv: &[f32], shape: &Shape, mask: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let (b, l, three_w) = shape.dims3()?;
+        let w = three_w / 3;
+        let heads = self.heads;
+        if three_w % 3 != 0 || w % heads != 0 || qkv.len() != b * l * three_w {
+            candle_core::bail!("fused attention: bad qkv shape {shape:?} for {heads} heads");
+        }
+        if let Some(m) = mask {
+            if m.len() != b * l {
+                candle_core::bail!(
+                    "fused attention: mask has {} values, expected {}",
+                    m.len(),
+                    b * l
+                );
+            }
+        }
+        let d = w / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; b * l * w];
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        (0..b * heads).into_par_iter().for_each(|task| {
+            let (bi, h) = (task / heads, task % heads);
+            let base = bi * l * three_w + h * d;
+            let (q, k, v) = (&qkv[base..], &qkv[base + w..], &qkv[base + 2 * w..]);
+            let mut scores = vec![0f32; l * l];
+            #[allow(unsafe_code)]
+            // SAFETY: all operands lie inside their slices: row r of q/k/v starts at
+            // r·3w (< len − 2w − h·d for r < l) and spans d ≤ w columns; `scores` is l×l.
+            unsafe {
+                // scores = scale · q · kᵀ   (k read transposed through its strides)
+                gemm::gemm(
+                    l,
+                    l,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    l as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    three_w as isize,
+                    k.as_ptr(),
+                    three_w as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for row in scores.chunks_exact_mut(l) {
+                if let Some(m) = mask {
+                    for (s, &mv) in row.iter_mut().zip(&m[bi * l..(bi + 1) * l]) {
+                        *s += mv;
+                    }
+                }
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|s| *s *= inv);
+            }
+            #[allow(unsafe_code)]
+            // SAFETY: the destination is rows bi·l..(bi+1)·l, columns h·d..(h+1)·d of the
+            // [b·l, w] output: inside `out`, and disjoint from every other (bi, h) task's block.
+            unsafe {
+                gemm::gemm(
+                    l,
+                    d,
+                    l,
+                    out_ptr.get().add(bi * l * w + h * d),
+                    1,
+                    w as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    l as isize,
+                    v.as_ptr(),
+                    1,
+                    three_w as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, l, w))))
+    }
+}
+
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "cnclip-fused-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = s else {
+            candle_core::bail!("fused attention kernel is f32 only");
+        };
+        self.run(contiguous_slice(x, l)?, l.shape(), None)
+    }
+}
+
+impl candle_core::CustomOp2 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "cnclip-fused-attention-masked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(m)) = (s1, s2) else {
+            candle_core::bail!("fused attention kernel is f32 only");
+        };
+        self.run(
+            contiguous_slice(x, l1)?,
+            l1.shape(),
+            Some(contiguous_slice(m, l2)?),
+        )
+    }
+}
+
 /// Splits a fused `[batch, len, 3·width]` projection into q, k, v of shape
 /// `[batch, heads, len, head_dim]`, each contiguous.
 pub fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {

@@ -41,8 +41,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.ln_1.forward(x)?;
-        let (q, k, v) = ops::split_qkv(&self.in_proj.forward(&h)?, self.heads)?;
-        let a = ops::merge_heads(&ops::attention(&q, &k, &v, None)?)?;
+        let a = ops::fused_attention(&self.in_proj.forward(&h)?, self.heads, None)?;
         let x = (x + self.out_proj.forward(&a)?)?;
         let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?;
         let h = self.c_proj.forward(&ops::quick_gelu(&h)?)?;
