@@ -3,9 +3,12 @@
 //! embeddings computed by cn_clip (`tools/gen_parity.py`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
+
+mod common;
+use common::{cnclip, json_lines};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cnclip-model/tests/fixtures")
@@ -13,31 +16,6 @@ fn fixtures() -> PathBuf {
 
 fn model(name: &str) -> String {
     fixtures().join("models").join(name).display().to_string()
-}
-
-fn cnclip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnclip"))
-        .args(args)
-        .env("CNCLIP_OFFLINE", "1")
-        .env(
-            "CNCLIP_CACHE",
-            std::env::temp_dir().join("cnclip-cli-test-empty-cache"),
-        )
-        .output()
-        .expect("spawn cnclip")
-}
-
-fn ok_lines(out: &Output) -> Vec<Value> {
-    assert!(
-        out.status.success(),
-        "cnclip failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -86,7 +64,7 @@ fn embed_json_texts_match_cn_clip_and_come_before_images() {
     for t in &texts {
         args.extend(["--text", t]);
     }
-    let lines = ok_lines(&cnclip(&args));
+    let lines = json_lines(&cnclip(&args));
     assert_eq!(lines.len(), texts.len() + 1);
     for (i, line) in lines.iter().enumerate() {
         let e = floats(&line["embedding"]);
@@ -124,7 +102,7 @@ fn classify_json_gives_one_probability_per_label_in_order() {
         img.to_str().unwrap(),
     ];
     args.extend(labels);
-    let lines = ok_lines(&cnclip(&args));
+    let lines = json_lines(&cnclip(&args));
     assert_eq!(lines.len(), 4);
     let mut sum = 0.0;
     for (line, label) in lines.iter().zip(labels) {
@@ -152,7 +130,7 @@ fn tokenize_reads_json_strings_from_stdin() {
         .write_all("\"一只小猫\"\n\"\"\n\"北京天安门广场上的人群\"\n".as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let lines = ok_lines(&out);
+    let lines = json_lines(&out);
     let ids: Vec<Vec<u64>> = lines
         .iter()
         .map(|l| {
@@ -176,7 +154,7 @@ fn tokenize_reads_json_strings_from_stdin() {
 fn preprocess_json_has_chw_shape() {
     let dir = tempfile::tempdir().unwrap();
     let img = write_png(dir.path(), "x.png", 50, 20);
-    let lines = ok_lines(&cnclip(&[
+    let lines = json_lines(&cnclip(&[
         "preprocess",
         "--size",
         "32",
@@ -200,7 +178,7 @@ fn convert_writes_a_checkpoint_that_embeds_identically() {
         out.to_str().unwrap(),
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let a = ok_lines(&cnclip(&[
+    let a = json_lines(&cnclip(&[
         "embed",
         "--json",
         "--model",
@@ -208,7 +186,7 @@ fn convert_writes_a_checkpoint_that_embeds_identically() {
         "--text",
         "一只小猫",
     ]));
-    let b = ok_lines(&cnclip(&[
+    let b = json_lines(&cnclip(&[
         "embed",
         "--json",
         "--model",
@@ -248,7 +226,7 @@ fn bad_inputs_fail_with_a_message_naming_them() {
 
 #[test]
 fn models_lists_the_five_official_models() {
-    let lines = ok_lines(&cnclip(&["models", "--json"]));
+    let lines = json_lines(&cnclip(&["models", "--json"]));
     let names: Vec<&str> = lines.iter().map(|l| l["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,

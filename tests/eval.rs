@@ -4,42 +4,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::{json, Value};
+
+mod common;
+use common::{cnclip, json_lines};
 
 fn model() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../cnclip-model/tests/fixtures/models/vit_tiny.pt")
         .display()
         .to_string()
-}
-
-fn cnclip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnclip"))
-        .args(args)
-        .env("CNCLIP_OFFLINE", "1")
-        .env(
-            "CNCLIP_CACHE",
-            std::env::temp_dir().join("cnclip-eval-test-empty-cache"),
-        )
-        .output()
-        .expect("spawn cnclip")
-}
-
-fn stdout_json_lines(out: &Output) -> Vec<Value> {
-    assert!(
-        out.status.success(),
-        "cnclip failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn stderr_of_failure(out: &Output) -> String {
@@ -75,7 +53,7 @@ fn embed(texts: &[String], images: &[PathBuf]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>)
         args.extend(["--image".into(), p.display().to_string()]);
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let lines = stdout_json_lines(&cnclip(&refs));
+    let lines = json_lines(&cnclip(&refs));
     assert_eq!(lines.len(), texts.len() + images.len());
     let vecs: Vec<Vec<f32>> = lines
         .iter()
@@ -244,7 +222,7 @@ fn retrieval_recall_equals_the_official_protocol_on_the_same_embeddings() {
             pred_tr.to_str().unwrap(),
         ],
     );
-    let lines = stdout_json_lines(&out);
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 1, "one JSON line");
     let report = &lines[0];
 
@@ -351,8 +329,8 @@ fn retrieval_recall_equals_the_official_protocol_on_the_same_embeddings() {
 #[test]
 fn hnsw_backend_reports_itself_beside_exact_search() {
     let ds = retrieval_dataset();
-    let exact = &stdout_json_lines(&run_retrieval(ds.dir.path(), &[]))[0];
-    let hnsw = &stdout_json_lines(&run_retrieval(ds.dir.path(), &["--index-backend", "hnsw"]))[0];
+    let exact = &json_lines(&run_retrieval(ds.dir.path(), &[]))[0];
+    let hnsw = &json_lines(&run_retrieval(ds.dir.path(), &["--index-backend", "hnsw"]))[0];
     assert_eq!(hnsw["backend"], "hnsw");
     for dir in ["t2i", "i2t"] {
         assert_close(
@@ -498,7 +476,7 @@ fn zeroshot_accuracy_equals_the_official_ensembling_on_the_same_embeddings() {
     let tpath = f.dir.path().join("templates.txt");
     write(&tpath, &format!("# comment\n{}\n", templates.join("\n")));
     let out = run_zeroshot(&f, &["--templates", tpath.to_str().unwrap()]);
-    let report = &stdout_json_lines(&out)[0];
+    let report = &json_lines(&out)[0];
 
     let labels: Vec<String> = std::fs::read_to_string(&f.labels)
         .unwrap()
@@ -548,7 +526,7 @@ fn zeroshot_accuracy_equals_the_official_ensembling_on_the_same_embeddings() {
 #[test]
 fn zeroshot_runs_with_the_built_in_templates() {
     let f = image_folder();
-    let report = &stdout_json_lines(&run_zeroshot(&f, &[]))[0];
+    let report = &json_lines(&run_zeroshot(&f, &[]))[0];
     assert_eq!(report["n"], 15);
     assert!(report["templates"].as_u64().unwrap() >= 36);
     let top1 = report["top1"].as_f64().unwrap();
