@@ -7,7 +7,7 @@
 //! - [`engine::ClipEngine`] is the real model behind cnclip-index's `ImageEmbedder` and
 //!   cnclip-search's `QueryEncoder`.
 //! - [`eval`] runs the official retrieval and zero-shot protocols (`cnclip eval`).
-//! - [`bench`] backs the hidden `cnclip bench` used by `tools/bench_vs_reference.py`.
+//! - [`bench`](mod@bench) backs the hidden `cnclip bench` used by `tools/bench_vs_reference.py`.
 
 #![deny(missing_docs)]
 
