@@ -65,7 +65,7 @@ impl ClipEngine {
                 options.size,
                 if exif_orientation { "on" } else { "off" }
             ),
-            precision: format!("{:?}", precision).to_lowercase(),
+            precision: precision.name().to_owned(),
         };
         Ok(ClipEngine {
             model,

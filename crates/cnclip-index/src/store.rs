@@ -737,7 +737,7 @@ fn be_u64(b: &[u8]) -> Option<u64> {
 }
 
 fn decode_vector(v: &[u8]) -> Option<(Hash, Vec<f32>)> {
-    if v.len() < 32 || (v.len() - 32) % 4 != 0 {
+    if v.len() < 32 || !(v.len() - 32).is_multiple_of(4) {
         return None;
     }
     let hash: Hash = v[..32].try_into().ok()?;

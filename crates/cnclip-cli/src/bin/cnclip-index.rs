@@ -42,8 +42,9 @@ enum Command {
         /// Default: the model the index was built with, else ViT-B-16.
         #[arg(long, env = "CNCLIP_MODEL")]
         model: Option<String>,
-        /// Compute precision.
-        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        /// Compute precision: f32 (default, the reference), f16, bf16, or q8 (8-bit weights;
+        /// `--quantize q8`). Recorded in the index.
+        #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
         precision: Precision,
         /// Do not apply EXIF orientation (cn_clip's own behaviour; photos may then be sideways).
         #[arg(long)]

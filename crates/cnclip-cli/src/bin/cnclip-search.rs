@@ -38,8 +38,8 @@ struct Cli {
     /// Model to encode the query with (default: the one that built the index).
     #[arg(long, env = "CNCLIP_MODEL")]
     model: Option<String>,
-    /// Compute precision for the query encoder.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    /// Compute precision for the query encoder (f32, f16, bf16, or q8 = `--quantize q8`).
+    #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
     precision: Precision,
 }
 

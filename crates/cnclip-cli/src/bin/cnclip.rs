@@ -196,8 +196,9 @@ enum EvalCommand {
 /// Options shared by commands that run the model.
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    /// Compute precision: f32 (default, the reference), f16, bf16, or q8 (8-bit weights, faster on
+    /// CPUs; `--quantize q8`).
+    #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
     precision: Precision,
     /// Do not apply EXIF orientation to images (cn_clip's own behaviour).
     #[arg(long)]

@@ -10,7 +10,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::ops::{self, LayerNorm, Linear};
+use super::ops::{self, Epilogue, LayerNorm, Linear};
 use crate::config::TextConfig;
 
 /// Additive mask value for padding (`modeling_bert.py`: `(1.0 - mask) * -10000.0`).
@@ -49,11 +49,24 @@ impl Layer {
         })
     }
 
+    fn quantize(&self) -> Result<Layer> {
+        Ok(Layer {
+            qkv: self.qkv.quantize()?,
+            attn_out: self.attn_out.quantize()?,
+            intermediate: self.intermediate.quantize()?,
+            output: self.output.quantize()?,
+            ..self.clone()
+        })
+    }
+
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let a = ops::fused_attention(&self.qkv.forward(x)?, self.heads, Some(mask))?;
-        let x = self.attn_ln.forward(&(self.attn_out.forward(&a)? + x)?)?;
-        let h = self.intermediate.forward(&x)?.gelu_erf()?;
-        self.output_ln.forward(&(self.output.forward(&h)? + x)?)
+        let x = self
+            .attn_ln
+            .forward(&self.attn_out.forward_with(&a, Epilogue::Residual(x))?)?;
+        let h = self.intermediate.forward_with(&x, Epilogue::GeluErf)?;
+        self.output_ln
+            .forward(&self.output.forward_with(&h, Epilogue::Residual(&x))?)
     }
 }
 
@@ -96,6 +109,19 @@ impl TextTransformer {
                 vb_root.get((h, embed_dim), "text_projection")?,
                 None,
             )?,
+        })
+    }
+
+    /// The tower with its encoder layers' linear layers quantized to 8 bits
+    /// ([`Linear::quantize`]); embeddings, LayerNorms and `text_projection` stay in full precision.
+    pub fn quantize(&self) -> Result<TextTransformer> {
+        Ok(TextTransformer {
+            layers: self
+                .layers
+                .iter()
+                .map(Layer::quantize)
+                .collect::<Result<_>>()?,
+            ..self.clone()
         })
     }
 

@@ -7,18 +7,43 @@
 //! output matches PyTorch to float rounding. Half-precision inputs are normalised in f32 and cast
 //! back, as cn_clip's `LayerNorm` subclass does.
 
+use std::sync::Arc;
+
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp3, DType, Layout, Module, Result, Shape, Storage, Tensor, D,
 };
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::q8::QLinear;
+
 /// A dense layer `y = x·Wᵀ + b`, holding `Wᵀ` contiguous (`[in, out]`) so one GEMM serves the
-/// whole flattened batch.
+/// whole flattened batch, or (after [`Linear::quantize`]) `W` in 8-bit blocks.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight_t: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    /// `Wᵀ`, `[in, out]`, contiguous, in the model dtype.
+    Dense(Tensor),
+    /// `W` in 8 bits per weight with per-channel scales ([`super::q8`]); CPU f32 only.
+    Q8(Arc<QLinear>),
+}
+
+/// What [`Linear::forward_with`] does to `x·Wᵀ + b` before returning it.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Nothing: the layer's plain output.
+    None,
+    /// OpenAI CLIP's `QuickGELU` ([`quick_gelu`]).
+    QuickGelu,
+    /// The exact (erf) GELU of BERT (`modeling_bert.py`'s `gelu`).
+    GeluErf,
+    /// Adds a residual of the output's shape: `x + (y·Wᵀ + b)`.
+    Residual(&'a Tensor),
 }
 
 impl Linear {
@@ -31,24 +56,28 @@ impl Linear {
 
     /// Builds a layer from a `[out, in]` weight and an optional `[out]` bias.
     pub fn from_weight(weight: &Tensor, bias: Option<Tensor>) -> Result<Linear> {
-        Ok(Linear {
-            weight_t: weight.t()?.contiguous()?,
-            bias,
-        })
+        Linear::from_weight_t(weight.t()?, bias)
     }
 
     /// Builds a layer from a weight already in `[in, out]` layout (cn_clip's `proj` and
     /// `text_projection` parameters are used as `x @ P`).
     pub fn from_weight_t(weight_t: Tensor, bias: Option<Tensor>) -> Result<Linear> {
         Ok(Linear {
-            weight_t: weight_t.contiguous()?,
+            weight: Weight::Dense(weight_t.contiguous()?),
             bias,
         })
     }
 
-    /// Concatenates layers that read the same input (q, k, v) into one wider layer.
+    /// Concatenates layers that read the same input (q, k, v) into one wider layer. Call it before
+    /// [`Linear::quantize`].
     pub fn fuse(parts: &[Linear]) -> Result<Linear> {
-        let ws: Vec<&Tensor> = parts.iter().map(|l| &l.weight_t).collect();
+        let ws = parts
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Dense(w) => Ok(w),
+                Weight::Q8(_) => candle_core::bail!("cannot fuse quantized layers"),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let weight_t = Tensor::cat(&ws, 1)?;
         let bias = match parts
             .iter()
@@ -58,30 +87,318 @@ impl Linear {
             Some(bs) => Some(Tensor::cat(&bs, 0)?),
             None => None,
         };
-        Ok(Linear { weight_t, bias })
+        Ok(Linear {
+            weight: Weight::Dense(weight_t),
+            bias,
+        })
     }
 
     /// Output width.
     pub fn out_dim(&self) -> usize {
-        self.weight_t.dims()[1]
+        match &self.weight {
+            Weight::Dense(w) => w.dims()[1],
+            Weight::Q8(q) => q.out_dim(),
+        }
+    }
+
+    /// The same layer with its weight in 8 bits ([`super::q8`]): activations are quantized on
+    /// the fly and products summed in integers. The bias stays f32. Only f32 CPU weights can be
+    /// quantized.
+    pub fn quantize(&self) -> Result<Linear> {
+        let Weight::Dense(w_t) = &self.weight else {
+            return Ok(self.clone());
+        };
+        if w_t.dtype() != DType::F32 || !w_t.device().is_cpu() {
+            candle_core::bail!("only f32 CPU layers can be quantized");
+        }
+        let (in_dim, out_dim) = w_t.dims2()?;
+        let w: Vec<f32> = w_t.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        Ok(Linear {
+            weight: Weight::Q8(Arc::new(QLinear::new(&w, out_dim, in_dim))),
+            bias: self.bias.clone(),
+        })
+    }
+
+    /// `x·Wᵀ + b` followed by `epilogue`. On the CPU in f32 the bias (and the residual or GELU) is
+    /// applied in the GEMM's own output buffer — the bias preloaded so the GEMM accumulates onto it,
+    /// the rest in one pass over the rows — instead of one whole-tensor op (and allocation) each.
+    pub fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        let x2 = x.reshape((rows, in_dim))?;
+        let fast = x.device().is_cpu() && x.dtype() == DType::F32 && epilogue_is_f32_cpu(epilogue);
+        let y = match (&self.weight, &self.bias) {
+            (Weight::Q8(q), bias) => {
+                if !fast {
+                    candle_core::bail!("8-bit layers run on f32 CPU tensors only");
+                }
+                let op = Q8Op {
+                    layer: q,
+                    bias: bias.as_ref(),
+                    epilogue,
+                };
+                x2.contiguous()?.apply_op1_no_bwd(&op)?
+            }
+            (Weight::Dense(w_t), Some(b)) if fast && b.dtype() == DType::F32 => x2
+                .contiguous()?
+                .apply_op3_no_bwd(w_t, b, &DenseOp { epilogue })?,
+            (Weight::Dense(w_t), bias) => {
+                let y = x2.matmul(w_t)?;
+                match bias {
+                    Some(b) => generic_epilogue(&y.broadcast_add(b)?, epilogue)?,
+                    None => generic_epilogue(&y, epilogue)?,
+                }
+            }
+        };
+        let mut out_dims = dims.to_vec();
+        *out_dims
+            .last_mut()
+            .expect("linear input has at least one dim") = y.dims()[1];
+        y.reshape(out_dims)
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim;
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        self.forward_with(x, Epilogue::None)
+    }
+}
+
+/// Whether the CPU kernels can apply `epilogue` (a residual must be a contiguous f32 CPU tensor).
+fn epilogue_is_f32_cpu(epilogue: Epilogue) -> bool {
+    match epilogue {
+        Epilogue::Residual(r) => {
+            r.device().is_cpu() && r.dtype() == DType::F32 && r.is_contiguous()
+        }
+        _ => true,
+    }
+}
+
+/// The epilogue as ordinary tensor ops (GPU, half precision, layers without bias).
+fn generic_epilogue(y: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+    let dims = y.dims().to_vec();
+    match epilogue {
+        Epilogue::None => Ok(y.clone()),
+        Epilogue::QuickGelu => quick_gelu(y),
+        Epilogue::GeluErf => y.gelu_erf(),
+        Epilogue::Residual(r) => y + r.reshape(dims)?,
+    }
+}
+
+/// Rows per rayon task in the element-wise passes: enough work to amortise the task.
+const ROWS_PER_TASK: usize = 8;
+
+/// Runs `epilogue` over the `[rows, n]` output in place.
+fn apply_epilogue(out: &mut [f32], n: usize, epilogue: Epilogue) -> Result<()> {
+    let residual_guard;
+    let residual: Option<&[f32]> = match epilogue {
+        Epilogue::Residual(r) => {
+            if r.elem_count() != out.len() {
+                candle_core::bail!(
+                    "linear residual has {} values, the output {}",
+                    r.elem_count(),
+                    out.len()
+                );
+            }
+            residual_guard = r.storage_and_layout();
+            match &*residual_guard.0 {
+                Storage::Cpu(CpuStorage::F32(v)) => Some(contiguous_slice(v, residual_guard.1)?),
+                _ => candle_core::bail!("linear residual must be an f32 CPU tensor"),
+            }
+        }
+        _ => None,
+    };
+    if matches!(epilogue, Epilogue::None) {
+        return Ok(());
+    }
+    let chunk = n * ROWS_PER_TASK;
+    out.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, block)| {
+            for (r, row) in block.chunks_exact_mut(n).enumerate() {
+                match epilogue {
+                    Epilogue::None => {}
+                    Epilogue::QuickGelu => row.iter_mut().for_each(|y| *y = quick_gelu_f32(*y)),
+                    Epilogue::GeluErf => row.iter_mut().for_each(|y| *y = gelu_erf_f32(*y)),
+                    Epilogue::Residual(_) => {
+                        let start = (i * ROWS_PER_TASK + r) * n;
+                        let res = &residual.expect("residual slice taken above")[start..start + n];
+                        // cn_clip / BERT: `x + layer(y)`; addition commutes exactly in IEEE.
+                        row.iter_mut().zip(res).for_each(|(y, &x)| *y += x);
+                    }
+                }
+            }
+        });
+    Ok(())
+}
+
+/// `x · σ(1.702 x)`, as [`quick_gelu`] computes it.
+#[inline(always)]
+fn quick_gelu_f32(v: f32) -> f32 {
+    v / (1.0 + exp_f32(-1.702 * v))
+}
+
+/// `eˣ` in f32 that the compiler vectorizes (libm's `expf` is a call per element): Cephes'
+/// `expf` — `x = n·ln2 + r` with `|r| ≤ ½ln2` (Cody–Waite, ln2 split in two), a degree-7
+/// polynomial for `eʳ`, and `2ⁿ` built in the exponent bits. Relative error ≈ 1e-7 (1–2 ulp,
+/// PyTorch's vectorized Sleef `expf` allows 1 ulp). Below −87.3 (where `eˣ` leaves the normal
+/// range) it returns exactly 0, so masked attention scores still contribute nothing.
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    // Constants: Cephes `expf.c` (S. L. Moshier), as in every SIMD `exp_ps` derived from it,
+    // written with the digits Cephes gives (more than f32 holds).
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ];
+    // Round-to-nearest by the 1.5·2²³ trick (no libm `round`, vectorizes).
+    const SHIFTER: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.3, 88.3);
+    let n = (xc * LOG2E + SHIFTER) - SHIFTER;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = P[0];
+    for c in &P[1..] {
+        p = p * r + c;
+    }
+    let e = p * r * r + r + 1.0;
+    let pow2 = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        e * pow2
+    }
+}
+
+/// `x · ½ (1 + erf(x / √2))`: PyTorch's exact GELU, through the same `erff` candle's `gelu_erf` uses.
+#[inline]
+fn gelu_erf_f32(v: f32) -> f32 {
+    (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
+}
+
+/// CPU f32 `x·Wᵀ + b` + epilogue: the bias rows are written into the output, the GEMM accumulates
+/// onto them (`dst = dst + x·Wᵀ`, as PyTorch's `addmm` does), then the epilogue runs in place.
+struct DenseOp<'a> {
+    epilogue: Epilogue<'a>,
+}
+
+impl CustomOp3 for DenseOp<'_> {
+    fn name(&self) -> &'static str {
+        "cnclip-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
+            candle_core::bail!("linear kernel is f32 only");
         };
-        let mut out_dims = dims.to_vec();
-        *out_dims
-            .last_mut()
-            .expect("linear input has at least one dim") = self.out_dim();
-        y.reshape(out_dims)
+        let (x, w, b) = (
+            contiguous_slice(x, l1)?,
+            contiguous_slice(w, l2)?,
+            contiguous_slice(b, l3)?,
+        );
+        let (m, k) = l1.shape().dims2()?;
+        let (k2, n) = l2.shape().dims2()?;
+        if k != k2 || b.len() != n {
+            candle_core::bail!(
+                "linear: input [{m}, {k}], weight [{k2}, {n}], bias [{}]",
+                b.len()
+            );
+        }
+        let mut out = vec![0f32; m * n];
+        out.par_chunks_mut(n * ROWS_PER_TASK).for_each(|block| {
+            block
+                .chunks_exact_mut(n)
+                .for_each(|row| row.copy_from_slice(b))
+        });
+        let threads = rayon::current_num_threads();
+        #[allow(unsafe_code)]
+        // SAFETY: dst is m×n row-major inside `out`, lhs m×k row-major inside `x`, rhs k×n
+        // row-major inside `w` (lengths checked through the layouts and dims above).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                },
+            );
+        }
+        apply_epilogue(&mut out, n, self.epilogue)?;
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// CPU f32 8-bit `x·Wᵀ + b` + epilogue.
+struct Q8Op<'a> {
+    layer: &'a QLinear,
+    bias: Option<&'a Tensor>,
+    epilogue: Epilogue<'a>,
+}
+
+impl CustomOp1 for Q8Op<'_> {
+    fn name(&self) -> &'static str {
+        "cnclip-linear-q8"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = s else {
+            candle_core::bail!("8-bit linear kernel is f32 only");
+        };
+        let x = contiguous_slice(x, l)?;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.layer.out_dim();
+        if k != self.layer.in_dim() {
+            candle_core::bail!(
+                "8-bit linear: input [{m}, {k}], layer input {}",
+                self.layer.in_dim()
+            );
+        }
+        let bias_guard = self.bias.map(Tensor::storage_and_layout);
+        let bias = match &bias_guard {
+            Some((storage, layout)) => match &**storage {
+                Storage::Cpu(CpuStorage::F32(b)) => Some(contiguous_slice(b, layout)?),
+                _ => candle_core::bail!("8-bit linear bias must be an f32 CPU tensor"),
+            },
+            None => None,
+        };
+        let mut out = vec![0f32; m * n];
+        self.layer.matmul(x, bias, &mut out);
+        apply_epilogue(&mut out, n, self.epilogue)?;
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
@@ -238,7 +555,7 @@ impl CustomOp1 for QuickGeluOp {
             .zip(x.par_chunks(4096))
             .for_each(|(d, s)| {
                 for (d, &v) in d.iter_mut().zip(s) {
-                    *d = v / (1.0 + (-1.702 * v).exp());
+                    *d = quick_gelu_f32(v);
                 }
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -368,11 +685,8 @@ impl FusedAttention {
                     }
                 }
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in row.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
+                row.iter_mut().for_each(|s| *s = exp_f32(*s - max));
+                let sum: f32 = row.iter().sum();
                 let inv = 1.0 / sum;
                 row.iter_mut().for_each(|s| *s *= inv);
             }
@@ -459,4 +773,27 @@ pub fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)>
 pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     let (b, h, l, d) = x.dims4()?;
     x.transpose(1, 2)?.contiguous()?.reshape((b, l, h * d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorizable `exp` is within 2 ulp of the exact value over the whole normal range,
+    /// and exactly 0 below it (masked attention scores must vanish).
+    #[test]
+    fn exp_is_accurate_and_underflows_to_zero() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let exact = (x as f64).exp();
+            let rel = ((exp_f32(x) as f64 - exact) / exact).abs();
+            worst = worst.max(rel);
+            x += 0.000_77;
+        }
+        assert!(worst < 2.5e-7, "relative error {worst:e}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(-10_000.0), 0.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+    }
 }

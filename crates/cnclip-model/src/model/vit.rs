@@ -5,7 +5,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::ops::{self, LayerNorm, Linear};
+use super::ops::{self, Epilogue, LayerNorm, Linear};
 use crate::config::VitConfig;
 
 const LN_EPS: f64 = 1e-5;
@@ -39,13 +39,24 @@ impl Block {
         })
     }
 
+    fn quantize(&self) -> Result<Block> {
+        Ok(Block {
+            in_proj: self.in_proj.quantize()?,
+            out_proj: self.out_proj.quantize()?,
+            c_fc: self.c_fc.quantize()?,
+            c_proj: self.c_proj.quantize()?,
+            ..self.clone()
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.ln_1.forward(x)?;
         let a = ops::fused_attention(&self.in_proj.forward(&h)?, self.heads, None)?;
-        let x = (x + self.out_proj.forward(&a)?)?;
-        let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?;
-        let h = self.c_proj.forward(&ops::quick_gelu(&h)?)?;
-        x + h
+        let x = self.out_proj.forward_with(&a, Epilogue::Residual(x))?;
+        let h = self
+            .c_fc
+            .forward_with(&self.ln_2.forward(&x)?, Epilogue::QuickGelu)?;
+        self.c_proj.forward_with(&h, Epilogue::Residual(&x))
     }
 }
 
@@ -85,6 +96,20 @@ impl VisionTransformer {
             ln_post: LayerNorm::new(vb.pp("ln_post"), w, LN_EPS)?,
             proj: Linear::from_weight_t(vb.get((w, embed_dim), "proj")?, None)?,
             patch_size: p,
+        })
+    }
+
+    /// The tower with the residual blocks' linear layers quantized to 8 bits
+    /// ([`Linear::quantize`]); the patch embedding and the final projection stay in full
+    /// precision.
+    pub fn quantize(&self) -> Result<VisionTransformer> {
+        Ok(VisionTransformer {
+            blocks: self
+                .blocks
+                .iter()
+                .map(Block::quantize)
+                .collect::<Result<_>>()?,
+            ..self.clone()
         })
     }
 

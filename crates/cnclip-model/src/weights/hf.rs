@@ -344,7 +344,7 @@ impl Sub {
 }
 
 fn heads_width(sub: &Sub, hidden: usize, heads: usize) -> Result<usize, WeightsError> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(config_err(format!(
             "{}.num_attention_heads {heads} does not divide hidden_size {hidden}",
             sub.name
@@ -392,7 +392,7 @@ fn hf_config(top: &Map<String, Value>) -> Result<ClipConfig, WeightsError> {
         layers: v.usize("num_hidden_layers", 12)?,
         head_width: heads_width(&v, width, heads)?,
     };
-    if vit.patch_size == 0 || vit.image_size % vit.patch_size != 0 {
+    if vit.patch_size == 0 || !vit.image_size.is_multiple_of(vit.patch_size) {
         return Err(config_err(format!(
             "vision_config.image_size {} is not a multiple of patch_size {}",
             vit.image_size, vit.patch_size

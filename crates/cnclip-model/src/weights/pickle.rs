@@ -360,7 +360,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, dict: Id, items: Vec<Id>) -> R<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.err("odd number of items for a dict");
         }
         let pairs: Vec<(Id, Id)> = items.chunks(2).map(|c| (c[0], c[1])).collect();
