@@ -1,5 +1,8 @@
 //! Preprocessing speed on a 12-MP photo (4000 x 3000): the PIL-exact bicubic resize alone, JPEG
-//! decoding alone, and the whole `image_transform` (decode + resize + normalize) of a JPEG.
+//! decoding alone, and the whole `image_transform` (decode + resize + normalize) of a JPEG, with
+//! full-size decoding (`JpegDecode::Exact`, the default) and reduced-scale decoding
+//! (`JpegDecode::Scaled`: 1/4 here). The `image` crate encodes the JPEG as 4:4:4; camera JPEGs are
+//! mostly 4:2:0, where the scaled path gains more (`examples/decode_fidelity.rs` measures those).
 //!
 //! `cargo bench -p cnclip-model --bench preprocess`. For comparison, PIL on the same machine:
 //! `Image.open(f).resize((224, 224), Image.BICUBIC).convert("RGB")` + ToTensor/Normalize.
@@ -10,8 +13,8 @@
 use std::hint::black_box;
 
 use cnclip_model::preprocess::{
-    load_image_from_memory, preprocess_bytes, resize_rgb8, PixelMode, PreprocessOptions,
-    SourceImage,
+    load_image_from_memory, preprocess_bytes, resize_rgb8, JpegDecode, PixelMode,
+    PreprocessOptions, SourceImage,
 };
 use criterion::{criterion_group, criterion_main, Criterion};
 use image::codecs::jpeg::JpegEncoder;
@@ -47,6 +50,10 @@ fn bench(c: &mut Criterion) {
         .encode(&pixels, W, H, ExtendedColorType::Rgb8)
         .unwrap();
     let opts = PreprocessOptions::default();
+    let scaled = PreprocessOptions {
+        jpeg_decode: JpegDecode::Scaled,
+        ..PreprocessOptions::default()
+    };
 
     let mut group = c.benchmark_group("preprocess_12mp");
     group.sample_size(10);
@@ -61,6 +68,12 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("jpeg_to_tensor_224", |b| {
         b.iter(|| preprocess_bytes(black_box(&jpeg), "bench.jpg", &opts).unwrap())
+    });
+    group.bench_function("decode_jpeg_scaled_224", |b| {
+        b.iter(|| load_image_from_memory(black_box(&jpeg), "bench.jpg", &scaled).unwrap())
+    });
+    group.bench_function("jpeg_to_tensor_224_scaled", |b| {
+        b.iter(|| preprocess_bytes(black_box(&jpeg), "bench.jpg", &scaled).unwrap())
     });
     group.finish();
 }

@@ -32,11 +32,17 @@ pub(crate) fn resize_rgb8(img: &SourceImage, size: usize) -> Vec<u8> {
 pub(crate) fn resize_rgb8_to(img: &SourceImage, out_w: usize, out_h: usize) -> Vec<u8> {
     assert!(out_w > 0 && out_h > 0, "output size must be positive");
     let (w, h) = img.dims();
-    if (w, h) == (out_w, out_h) {
+    // The whole image, except for a JPEG decoded at reduced scale whose partial edge blocks are
+    // only partly part of the picture (`SourceImage::area`).
+    let area = img.area();
+    if (w, h) == (out_w, out_h) && img.reduction() == 1 {
         // `Image.resize` returns a copy when the size is already right: no premultiplication
         // round trip for LA/RGBA, just the conversion.
         return to_rgb(img);
     }
+    // Only 8-bit L and RGB JPEGs are decoded at reduced scale; NEAREST and 16-bit resizing have no
+    // use for a box.
+    debug_assert!(img.reduction() == 1 || matches!(img.mode(), PixelMode::L | PixelMode::Rgb));
     let src = match img.pixels() {
         Pixels::U8(v) => v.as_slice(),
         Pixels::U16(v) => {
@@ -51,11 +57,11 @@ pub(crate) fn resize_rgb8_to(img: &SourceImage, out_w: usize, out_h: usize) -> V
     match img.mode() {
         PixelMode::Bilevel => grey_to_rgb(&nearest_u8::<1>(src, w, h, out_w, out_h)),
         PixelMode::Palette => nearest_u8::<3>(src, w, h, out_w, out_h),
-        PixelMode::L => grey_to_rgb(&bicubic_u8::<1>(src, w, h, out_w, out_h)),
-        PixelMode::Rgb => bicubic_u8::<3>(src, w, h, out_w, out_h),
-        PixelMode::La => resize_la(src, w, h, out_w, out_h),
-        PixelMode::Rgba => resize_rgba(src, w, h, out_w, out_h),
-        PixelMode::Cmyk => bicubic_u8::<4>(src, w, h, out_w, out_h)
+        PixelMode::L => grey_to_rgb(&bicubic_u8::<1>(src, w, h, area, out_w, out_h)),
+        PixelMode::Rgb => bicubic_u8::<3>(src, w, h, area, out_w, out_h),
+        PixelMode::La => resize_la(src, w, h, area, out_w, out_h),
+        PixelMode::Rgba => resize_rgba(src, w, h, area, out_w, out_h),
+        PixelMode::Cmyk => bicubic_u8::<4>(src, w, h, area, out_w, out_h)
             .chunks_exact(4)
             .flat_map(cmyk_to_rgb)
             .collect(),
@@ -94,18 +100,25 @@ fn cmyk_to_rgb(p: &[u8]) -> [u8; 3] {
 
 /// `LA`: `Image.resize` converts to `La` (`lA2la`, premultiplied), resizes both bands and converts
 /// back (`la2lA`); `convert("RGB")` then drops alpha.
-fn resize_la(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<u8> {
+fn resize_la(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    area: [f64; 4],
+    out_w: usize,
+    out_h: usize,
+) -> Vec<u8> {
     if src.chunks_exact(2).all(|p| p[1] == 255) {
         // Opaque: premultiplying is the identity, and the resized alpha stays 255 (the weights sum to
         // one), so un-premultiplying is the identity too. Resizing the grey band alone is exact.
         let grey: Vec<u8> = src.chunks_exact(2).map(|p| p[0]).collect();
-        return grey_to_rgb(&bicubic_u8::<1>(&grey, w, h, out_w, out_h));
+        return grey_to_rgb(&bicubic_u8::<1>(&grey, w, h, area, out_w, out_h));
     }
     let premultiplied: Vec<u8> = src
         .chunks_exact(2)
         .flat_map(|p| [muldiv255(p[0], p[1]), p[1]])
         .collect();
-    bicubic_u8::<2>(&premultiplied, w, h, out_w, out_h)
+    bicubic_u8::<2>(&premultiplied, w, h, area, out_w, out_h)
         .chunks_exact(2)
         .flat_map(|p| [unpremultiply(p[0], p[1]); 3])
         .collect()
@@ -113,14 +126,21 @@ fn resize_la(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<
 
 /// `RGBA`: resized as `RGBa` (`rgbA2rgba`, premultiplied) and converted back (`rgba2rgbA`);
 /// `convert("RGB")` then drops alpha.
-fn resize_rgba(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<u8> {
+fn resize_rgba(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    area: [f64; 4],
+    out_w: usize,
+    out_h: usize,
+) -> Vec<u8> {
     if src.chunks_exact(4).all(|p| p[3] == 255) {
         // Opaque: see `resize_la`; the colour bands alone give the same bytes.
         let rgb: Vec<u8> = src
             .chunks_exact(4)
             .flat_map(|p| [p[0], p[1], p[2]])
             .collect();
-        return bicubic_u8::<3>(&rgb, w, h, out_w, out_h);
+        return bicubic_u8::<3>(&rgb, w, h, area, out_w, out_h);
     }
     let premultiplied: Vec<u8> = src
         .chunks_exact(4)
@@ -134,7 +154,7 @@ fn resize_rgba(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Ve
             ]
         })
         .collect();
-    bicubic_u8::<4>(&premultiplied, w, h, out_w, out_h)
+    bicubic_u8::<4>(&premultiplied, w, h, area, out_w, out_h)
         .chunks_exact(4)
         .flat_map(|p| [0, 1, 2].map(|i| unpremultiply(p[i], p[3])))
         .collect()

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use image::{ColorType, ImageDecoder, ImageFormat, ImageReader, Limits};
 
-use super::jpeg;
 use super::source::{PixelMode, SourceImage};
-use super::{ImageError, PreprocessOptions};
+use super::{jpeg, scaled};
+use super::{ImageError, JpegDecode, PreprocessOptions};
 
 /// Decodes `bytes` (named `path` in errors), checking the pixel limit from the header first.
 pub(crate) fn decode(
@@ -44,7 +44,8 @@ pub(crate) fn decode(
     let mut limits = Limits::no_limits();
     // The pixel limit is checked below from the header; this only keeps the decoders' own
     // allocations proportionate to it (8 bytes: 16-bit RGBA, the widest layout decoded here).
-    limits.max_alloc = Some(opts.max_pixels.saturating_mul(8).saturating_add(1 << 26));
+    let max_alloc = opts.max_pixels.saturating_mul(8).saturating_add(1 << 26);
+    limits.max_alloc = Some(max_alloc);
     reader.limits(limits);
     // Building the decoder reads headers only (the JPEG decoder copies the compressed bytes).
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
@@ -88,6 +89,16 @@ pub(crate) fn decode(
         let img = SourceImage::from_u8(width, height, PixelMode::Cmyk, data)
             .expect("decode_cmyk returns width * height * 4 samples");
         return Ok(img.apply_exif_orientation(orientation));
+    }
+    if format == ImageFormat::Jpeg && opts.jpeg_decode == JpegDecode::Scaled {
+        let reduction = scaled::reduction(width, height, opts.size);
+        let max_alloc = usize::try_from(max_alloc).unwrap_or(usize::MAX);
+        if let Some(img) = (reduction > 1)
+            .then(|| scaled::decode(bytes, reduction, (width, height), max_alloc))
+            .flatten()
+        {
+            return Ok(img.apply_exif_orientation(orientation));
+        }
     }
     let color = decoder.color_type();
     let mode = pil_mode(format, bytes, color).ok_or_else(|| ImageError::Unsupported {

@@ -16,6 +16,8 @@
 //! Two deliberate differences from cn_clip, both options:
 //! EXIF orientation is applied by default (cn_clip ignores it, so a portrait photo from a phone is
 //! embedded lying on its side), and images above [`DEFAULT_MAX_PIXELS`] are refused before decoding.
+//! A third is opt-in: [`JpegDecode::Scaled`] decodes large JPEGs at reduced scale in the DCT domain,
+//! about twice as fast on 12-MP photos, for pixels that differ by about half a level on average.
 //!
 //! ```no_run
 //! use cnclip_model::preprocess::{preprocess_path, PreprocessOptions};
@@ -30,6 +32,7 @@ mod convert;
 mod decode;
 mod jpeg;
 mod resample;
+mod scaled;
 mod source;
 
 use std::path::{Path, PathBuf};
@@ -59,17 +62,50 @@ pub struct PreprocessOptions {
     pub exif_orientation: bool,
     /// Largest `width * height` accepted, checked from the header before any pixel is decoded.
     pub max_pixels: u64,
+    /// How JPEGs are decoded: at full size like cn_clip ([`JpegDecode::Exact`], the default), or at
+    /// a reduced scale when they are much larger than `size` ([`JpegDecode::Scaled`], faster).
+    pub jpeg_decode: JpegDecode,
 }
 
 impl Default for PreprocessOptions {
-    /// 224 pixels, EXIF orientation applied, PIL's bomb limit ([`DEFAULT_MAX_PIXELS`]).
+    /// 224 pixels, EXIF orientation applied, PIL's bomb limit ([`DEFAULT_MAX_PIXELS`]), JPEGs
+    /// decoded at full size ([`JpegDecode::Exact`]).
     fn default() -> Self {
         PreprocessOptions {
             size: 224,
             exif_orientation: true,
             max_pixels: DEFAULT_MAX_PIXELS,
+            jpeg_decode: JpegDecode::Exact,
         }
     }
+}
+
+/// How JPEG files are decoded ([`PreprocessOptions::jpeg_decode`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum JpegDecode {
+    /// Every pixel at full resolution, then resized: cn_clip's own pipeline (PIL opens the whole
+    /// image), so the embeddings are as close to cn_clip's as a JPEG decoder allows.
+    #[default]
+    Exact,
+    /// What PIL's `Image.draft()` does, for speed: a JPEG at least 6 times the output side `S` in
+    /// both dimensions is decoded at 1/2 or 1/4 of its size by a reduced inverse DCT (each 8x8 block
+    /// gives 4x4 or 2x2 pixels), the smaller scale whenever both sides stay at least `3 * S`, then
+    /// resized to `S x S` with the same bicubic, over exactly the area of the full picture.
+    ///
+    /// Measured on 12-MP photo-like JPEGs (4000x3000, quality 90, 4:2:0) at `S` = 224, decoded at
+    /// 1/4: 2.1x faster (54 vs 113 ms per photo on the build machine; 1.15x for progressive JPEGs,
+    /// whose entropy decoding dominates); the resized pixels differ from [`JpegDecode::Exact`]'s by
+    /// 0.55 levels on average and 15 at most (more on sharp colour edges of 4:2:0 JPEGs, whose
+    /// chroma is decoded at half the luma's resolution), and ViT-B-16 image embeddings keep a
+    /// cosine of 0.99999 with the exact ones. See `examples/decode_fidelity.rs`.
+    ///
+    /// Smaller JPEGs, four-channel (CMYK, YCCK), lossless and 12-bit JPEGs, anything the reduced
+    /// decoder cannot read, and other formats are decoded exactly as with [`JpegDecode::Exact`], so
+    /// a file fails or succeeds the same way in both modes, and the pixel limit is still checked
+    /// from the header before decoding. [`load_image`] returns the reduced image (see
+    /// [`SourceImage::reduction`]); [`resize_rgb8`] of it covers the same area as of the full one.
+    Scaled,
 }
 
 /// Why an image could not be loaded. Every variant names the file first.
@@ -136,7 +172,8 @@ pub enum ImageError {
 }
 
 /// Reads and decodes an image file, applying EXIF orientation if asked. The pixels keep the mode PIL
-/// would have opened the file in (see [`PixelMode`]).
+/// would have opened the file in (see [`PixelMode`]). With [`JpegDecode::Scaled`], a JPEG much
+/// larger than `opts.size` comes back at reduced scale ([`SourceImage::reduction`]).
 pub fn load_image(path: &Path, opts: &PreprocessOptions) -> Result<SourceImage, ImageError> {
     let io_err = |error| ImageError::Io {
         path: path.to_path_buf(),

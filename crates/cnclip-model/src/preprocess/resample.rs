@@ -55,8 +55,15 @@ impl<W: Copy> Coeffs<W> {
 
 /// `precompute_coeffs(inSize, 0, inSize, outSize, &BICUBIC, ...)`: normalized `f64` weights.
 fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs<f64> {
-    // `(double)(in1 - in0) / outSize` with in0 = 0 and in1 = inSize as a float: exact below 2^24.
-    let scale = in_size as f64 / out_size as f64;
+    precompute_coeffs_box(in_size, 0.0, in_size as f64, out_size)
+}
+
+/// `precompute_coeffs(inSize, in0, in1, outSize, &BICUBIC, ...)`: the input span `in0 .. in1` (Pillow's
+/// resize `box`, in input pixels, possibly fractional) resampled to `out_size` samples.
+fn precompute_coeffs_box(in_size: usize, in0: f64, in1: f64, out_size: usize) -> Coeffs<f64> {
+    // `(double)(in1 - in0) / outSize`; with in0 = 0 and in1 = inSize this is inSize / outSize,
+    // exact below 2^24.
+    let scale = (in1 - in0) / out_size as f64;
     let filterscale = if scale < 1.0 { 1.0 } else { scale };
     let support = BICUBIC_SUPPORT * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
@@ -66,7 +73,7 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs<f64> {
     let mut lens = Vec::with_capacity(out_size);
     let mut weights = vec![0.0f64; out_size * ksize];
     for (xx, k) in weights.chunks_exact_mut(ksize).enumerate() {
-        let center = 0.0 + (xx as f64 + 0.5) * scale;
+        let center = in0 + (xx as f64 + 0.5) * scale;
         // `(int)(...)` truncates toward zero; Rust's `as` does the same (and saturates).
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
@@ -129,7 +136,10 @@ fn horizontal_first(in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> boo
     !(dy > 0 && dy > dx * 2)
 }
 
-/// Resizes an 8-bit image with `C` interleaved channels to `out_w x out_h` with PIL's BICUBIC.
+/// Resizes the part `area` of an 8-bit image with `C` interleaved channels to `out_w x out_h` with
+/// PIL's BICUBIC: `Image.resize((out_w, out_h), BICUBIC, box=area)`, the box being left, top,
+/// right, bottom in input pixels, possibly fractional. With the whole image as the box
+/// (`[0, 0, in_w, in_h]`) this is the plain resize cn_clip does, bit for bit.
 ///
 /// `C` is 1 (L), 2 (premultiplied La), 3 (RGB) or 4 (premultiplied RGBa, CMYK); the channels are
 /// independent, as in Pillow, so any of them gives the same per-channel result.
@@ -137,17 +147,20 @@ pub(crate) fn bicubic_u8<const C: usize>(
     src: &[u8],
     in_w: usize,
     in_h: usize,
+    area: [f64; 4],
     out_w: usize,
     out_h: usize,
 ) -> Vec<u8> {
     debug_assert_eq!(src.len(), in_w * in_h * C);
-    let need_h = out_w != in_w;
-    let need_v = out_h != in_h;
+    let [x0, y0, x1, y1] = area;
+    // `ImagingResampleInner`: a pass is skipped only where the size is kept and the box is whole.
+    let need_h = out_w != in_w || x0 != 0.0 || x1 != in_w as f64;
+    let need_v = out_h != in_h || y0 != 0.0 || y1 != in_h as f64;
     if !need_h && !need_v {
         return src.to_vec();
     }
-    let vert = fixed_point(precompute_coeffs(in_h, out_h));
-    let horiz = need_h.then(|| fixed_point(precompute_coeffs(in_w, out_w)));
+    let vert = fixed_point(precompute_coeffs_box(in_h, y0, y1, out_h));
+    let horiz = need_h.then(|| fixed_point(precompute_coeffs_box(in_w, x0, x1, out_w)));
 
     if horizontal_first(in_w, in_h, out_w, out_h) {
         let Some(horiz) = horiz else {
@@ -367,6 +380,11 @@ pub(crate) fn nearest_u8<const C: usize>(
 mod tests {
     use super::*;
 
+    /// The box of a whole `width x height` image (Pillow's default `box` of `Image.resize`).
+    fn whole(width: usize, height: usize) -> [f64; 4] {
+        [0.0, 0.0, width as f64, height as f64]
+    }
+
     #[test]
     fn weights_sum_to_one_in_fixed_point() {
         for (i, o) in [(4000, 224), (37, 224), (224, 224), (3, 1), (1, 5)] {
@@ -396,9 +414,9 @@ mod tests {
     #[test]
     fn constant_image_stays_constant() {
         let src = vec![200u8; 97 * 61 * 3];
-        let out = bicubic_u8::<3>(&src, 97, 61, 224, 224);
+        let out = bicubic_u8::<3>(&src, 97, 61, whole(97, 61), 224, 224);
         assert!(out.iter().all(|&v| v == 200));
-        let out = bicubic_u8::<3>(&src, 97, 61, 13, 7);
+        let out = bicubic_u8::<3>(&src, 97, 61, whole(97, 61), 13, 7);
         assert!(out.iter().all(|&v| v == 200));
     }
 

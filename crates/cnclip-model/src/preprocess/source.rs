@@ -58,12 +58,25 @@ pub(crate) enum Pixels {
 }
 
 /// A decoded image before preprocessing: size, [`PixelMode`] and interleaved samples, row-major.
+///
+/// A JPEG decoded at reduced scale ([`JpegDecode::Scaled`](super::JpegDecode::Scaled)) also knows
+/// the size of the full picture ([`SourceImage::full_size`]), so that resizing it covers exactly the
+/// area the full picture would (its last row and column may stand for a partial 8-pixel block).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceImage {
     width: usize,
     height: usize,
     mode: PixelMode,
     pixels: Pixels,
+    /// 1, or the denominator (2, 4, 8) of the scale a JPEG was decoded at.
+    reduction: usize,
+    /// The size of the full-resolution picture (oriented as the pixels are); `(width, height)` when
+    /// `reduction` is 1.
+    full: (usize, usize),
+    /// Where the full picture starts, in full-resolution pixels, inside the `reduction * width` x
+    /// `reduction * height` grid the pixels stand for: `(0, 0)` as decoded, where the partial blocks
+    /// are the last row and column; an orientation that mirrors an axis moves them to the front.
+    origin: (usize, usize),
 }
 
 impl SourceImage {
@@ -78,6 +91,9 @@ impl SourceImage {
                 height,
                 mode,
                 pixels: Pixels::U8(data),
+                reduction: 1,
+                full: (width, height),
+                origin: (0, 0),
             },
         )
     }
@@ -92,6 +108,34 @@ impl SourceImage {
             height,
             mode: PixelMode::I16,
             pixels: Pixels::U16(data),
+            reduction: 1,
+            full: (width, height),
+            origin: (0, 0),
+        })
+    }
+
+    /// Marks an image as a full picture of `full_width x full_height` pixels decoded at
+    /// `1 / reduction` of its size, as libjpeg's scaled IDCT does it: `ceil(full / reduction)` pixels
+    /// per axis, pixel `i` standing for full-size pixels `reduction * i ..` (the last one possibly
+    /// for fewer). `None` when the sizes do not match that or `reduction` is not 2, 4 or 8.
+    pub(crate) fn reduced_from(
+        self,
+        full_width: u32,
+        full_height: u32,
+        reduction: u32,
+    ) -> Option<Self> {
+        let (fw, fh, r) = (
+            full_width as usize,
+            full_height as usize,
+            reduction as usize,
+        );
+        let fits =
+            matches!(r, 2 | 4 | 8) && self.width == fw.div_ceil(r) && self.height == fh.div_ceil(r);
+        fits.then_some(SourceImage {
+            reduction: r,
+            full: (fw, fh),
+            origin: (0, 0),
+            ..self
         })
     }
 
@@ -126,8 +170,36 @@ impl SourceImage {
         }
     }
 
+    /// 1 for an image decoded at full size; 2, 4 or 8 for a JPEG decoded at that fraction of its size
+    /// in the DCT domain ([`JpegDecode::Scaled`](super::JpegDecode::Scaled)).
+    pub fn reduction(&self) -> u32 {
+        self.reduction as u32
+    }
+
+    /// Width and height of the full-resolution picture, after EXIF orientation: the same as
+    /// [`width`](Self::width) and [`height`](Self::height) unless [`reduction`](Self::reduction) is
+    /// above 1.
+    pub fn full_size(&self) -> (u32, u32) {
+        (self.full.0 as u32, self.full.1 as u32)
+    }
+
     pub(crate) fn dims(&self) -> (usize, usize) {
         (self.width, self.height)
+    }
+
+    /// The area the full picture covers, in this image's pixels, as Pillow's `box` of
+    /// `Image.resize` (left, top, right, bottom): the whole image, except for a reduced JPEG whose
+    /// size is not a multiple of the reduction, where the partial blocks of one side cover less than
+    /// a pixel (`full / reduction` pixels in all).
+    pub(crate) fn area(&self) -> [f64; 4] {
+        let r = self.reduction as f64;
+        let (x0, y0) = (self.origin.0 as f64 / r, self.origin.1 as f64 / r);
+        [
+            x0,
+            y0,
+            x0 + self.full.0 as f64 / r,
+            y0 + self.full.1 as f64 / r,
+        ]
     }
 
     pub(crate) fn pixels(&self) -> &Pixels {
@@ -152,11 +224,28 @@ impl SourceImage {
             }),
             Pixels::U16(v) => Pixels::U16(orient::<u16, 1>(&v, w, h, orientation)),
         };
+        // The padding of each axis (the part of the pixel grid beyond the picture) goes with the
+        // pixels: to the other end where an axis is mirrored, to the other axis where they swap.
+        let (ox, oy) = self.origin;
+        let pad_x = self.reduction * w - self.full.0 - ox;
+        let pad_y = self.reduction * h - self.full.1 - oy;
+        let (full, origin) = match orientation {
+            2 => (self.full, (pad_x, oy)),
+            3 => (self.full, (pad_x, pad_y)),
+            4 => (self.full, (ox, pad_y)),
+            5 => ((self.full.1, self.full.0), (oy, ox)),
+            6 => ((self.full.1, self.full.0), (pad_y, ox)),
+            7 => ((self.full.1, self.full.0), (pad_y, pad_x)),
+            _ => ((self.full.1, self.full.0), (oy, pad_x)),
+        };
         SourceImage {
             width,
             height,
             mode: self.mode,
             pixels,
+            reduction: self.reduction,
+            full,
+            origin,
         }
     }
 }
@@ -239,6 +328,48 @@ mod tests {
             assert_eq!((img.width(), img.height()), (w, h), "orientation {o}");
             assert_eq!(img.as_u8().unwrap(), expected, "orientation {o}");
         }
+    }
+
+    #[test]
+    fn orientation_moves_the_partial_pixels_with_the_picture() {
+        // A 13x6 picture decoded at 1/4 gives 4x2 pixels standing for a 16x8 grid whose last 3
+        // columns and 2 rows lie outside the picture. Orient that grid itself, pixel by pixel, and
+        // the picture must be where `area` says, for every orientation.
+        let (fw, fh, r) = (13u32, 6u32, 4u32);
+        let (gw, gh) = (fw.div_ceil(r) * r, fh.div_ceil(r) * r);
+        let mask: Vec<u8> = (0..gh)
+            .flat_map(|y| (0..gw).map(move |x| u8::from(x < fw && y < fh)))
+            .collect();
+        let grid = SourceImage::from_u8(gw, gh, PixelMode::L, mask).unwrap();
+        let reduced = SourceImage::from_u8(4, 2, PixelMode::L, vec![0; 8])
+            .unwrap()
+            .reduced_from(fw, fh, r)
+            .unwrap();
+        assert_eq!(reduced.area(), [0.0, 0.0, 13.0 / 4.0, 6.0 / 4.0]);
+        for o in 1..=8 {
+            let g = grid.clone().apply_exif_orientation(o);
+            let w = g.width() as usize;
+            let inside: Vec<(usize, usize)> = (g.as_u8().unwrap().iter().enumerate())
+                .filter(|(_, &v)| v == 1)
+                .map(|(i, _)| (i % w, i / w))
+                .collect();
+            let x0 = inside.iter().map(|p| p.0).min().unwrap();
+            let y0 = inside.iter().map(|p| p.1).min().unwrap();
+            let x1 = inside.iter().map(|p| p.0).max().unwrap() + 1;
+            let y1 = inside.iter().map(|p| p.1).max().unwrap() + 1;
+            let expected = [x0, y0, x1, y1].map(|v| v as f64 / f64::from(r));
+            let img = reduced.clone().apply_exif_orientation(o);
+            assert_eq!(img.area(), expected, "orientation {o}");
+            assert_eq!(img.full_size(), ((x1 - x0) as u32, (y1 - y0) as u32));
+            assert_eq!(img.reduction(), 4);
+        }
+        // Sizes that libjpeg's rounding cannot give are refused.
+        let px =
+            |w, h| SourceImage::from_u8(w, h, PixelMode::L, vec![0; (w * h) as usize]).unwrap();
+        assert!(px(4, 2).reduced_from(16, 5, 4).is_some());
+        assert!(px(4, 2).reduced_from(17, 6, 4).is_none());
+        assert!(px(4, 2).reduced_from(13, 6, 3).is_none());
+        assert_eq!(px(4, 2).area(), [0.0, 0.0, 4.0, 2.0]);
     }
 
     #[test]
