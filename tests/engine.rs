@@ -169,6 +169,8 @@ fn every_image_finds_itself_first() {
         (st["images"].as_u64(), st["dim"].as_u64()),
         (Some(24), Some(64))
     );
+    // Builds decode large JPEGs at reduced scale unless --exact-decode; the index records it.
+    assert_eq!(st["precision"], "f32+jpeg-scaled");
     verify_ok(&index);
 }
 

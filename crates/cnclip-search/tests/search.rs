@@ -72,6 +72,11 @@ fn each_image_finds_itself_exact_and_through_the_graph() {
     assert!(s.uses_graph());
     assert_eq!(s.exact_vectors(), 0);
     assert_self_retrieval(&s, &e, &files);
+    // A one-query process skips the graph and scans everything exactly, same answers.
+    let s = Searcher::open_exact(idx2.path()).unwrap();
+    assert!(!s.uses_graph());
+    assert_eq!((s.vectors(), s.exact_vectors()), (60, 60));
+    assert_self_retrieval(&s, &e, &files);
 
     // New files wait outside the snapshot (max_pending) and are scanned exactly; removed ones are
     // filtered out of the graph's answers.

@@ -12,11 +12,12 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use cnclip_cli::engine::{read_model_record, write_model_record, ClipEngine};
+use cnclip_cli::engine::{read_model_record, write_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{print_error, stdout_ok, Precision};
 use cnclip_index::{
     BuildOptions, Committed, ImageEmbedder, Index, Indexer, Phase, Reporter, Skipped,
 };
+use cnclip_model::preprocess::JpegDecode;
 use serde_json::json;
 
 /// Build and maintain a Chinese-CLIP image index.
@@ -49,6 +50,11 @@ enum Command {
         /// Do not apply EXIF orientation (cn_clip's own behaviour; photos may then be sideways).
         #[arg(long)]
         no_exif_orientation: bool,
+        /// Decode every JPEG at full size, as cn_clip does. By default JPEGs at least six times
+        /// the model's input side are decoded at 1/2 or 1/4 scale in the DCT domain: about twice
+        /// as fast on 12-MP photos, embeddings within 1e-5 in cosine.
+        #[arg(long)]
+        exact_decode: bool,
         /// Print the summary as one JSON line (and no progress bar).
         #[arg(long)]
         json: bool,
@@ -108,14 +114,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             precision,
             no_exif_orientation,
+            exact_decode,
             json,
             quiet,
         } => build(
             &dir,
             &index.path()?,
             model,
-            precision,
-            !no_exif_orientation,
+            EngineOptions {
+                precision,
+                exif_orientation: !no_exif_orientation,
+                jpeg_decode: if exact_decode {
+                    JpegDecode::Exact
+                } else {
+                    JpegDecode::Scaled
+                },
+            },
             json,
             quiet,
         ),
@@ -128,8 +142,7 @@ fn build(
     dir: &Path,
     index_dir: &Path,
     model: Option<String>,
-    precision: Precision,
-    exif: bool,
+    engine_options: EngineOptions,
     json: bool,
     quiet: bool,
 ) -> Result<ExitCode> {
@@ -140,7 +153,7 @@ fn build(
         Some(m) => m,
         None => read_model_record(index_dir)?.map_or_else(|| "ViT-B-16".to_owned(), |r| r.model),
     };
-    let engine = ClipEngine::load(&model, precision, exif)?;
+    let engine = ClipEngine::load(&model, engine_options)?;
     let identity = engine.identity();
     if index_dir.join(cnclip_cli::engine::MODEL_FILE).exists() {
         let existing = Index::open(index_dir)?;

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cnclip_cli::engine::{read_model_record, ClipEngine};
+use cnclip_cli::engine::{read_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{print_error, stdout_ok, Precision};
+use cnclip_model::preprocess::JpegDecode;
 use cnclip_search::{QueryEncoder, Searcher};
 
 /// Search a Chinese-CLIP image index.
@@ -56,8 +57,12 @@ fn run(cli: Cli) -> Result<()> {
         None => cnclip_index::default_index_path()
             .context("no --index given and neither CNCLIP_INDEX, XDG_DATA_HOME nor HOME is set")?,
     };
-    let searcher = Searcher::open(&index_dir)?;
-    let identity = searcher.identity().clone();
+    // The header alone names the model and its preprocessing, so the model loads while the
+    // vectors are read (each is about half of a one-query run's start-up).
+    let identity = cnclip_index::view::ViewReader::open(&index_dir)?
+        .header()
+        .identity
+        .clone();
     let model = match cli.model {
         Some(m) => m,
         None => match read_model_record(&index_dir)? {
@@ -71,7 +76,20 @@ fn run(cli: Cli) -> Result<()> {
         },
     };
     let exif = !identity.preprocess.ends_with("exif-off");
-    let engine = ClipEngine::load(&model, cli.precision, exif)?;
+    let (searcher, engine) = std::thread::scope(|s| {
+        // One query per run: an exact scan answers sooner than loading the graph would (see
+        // `Searcher::open_exact`).
+        let searcher = s.spawn(|| Searcher::open_exact(&index_dir));
+        let opts = EngineOptions {
+            precision: cli.precision,
+            exif_orientation: exif,
+            jpeg_decode: JpegDecode::Exact,
+        };
+        let engine = ClipEngine::load(&model, opts);
+        let searcher = searcher.join().expect("index reader thread panicked");
+        (searcher, engine)
+    });
+    let (searcher, engine) = (searcher?, engine?);
     let ours = QueryEncoder::identity(&engine);
     if !ours.compatible(&identity) {
         bail!(
