@@ -10,8 +10,11 @@ only ratios are meant to be compared across runs.
     python3 tools/bench_vs_reference.py --checkpoint /tmp/cnclip-full/clip_cn_vit-b-16.pt \
         --manifest /tmp/cnclip-full/manifest.json --name ViT-B-16
 
-Measures: image tower images/s at batch 8 and batch 1 (f32), text tower p50 latency for short
-queries at batch 1, and tokenizer texts/s on the tokenizer fixture corpus.
+Measures: image tower images/s at batch 8 and batch 1 (f32, and cnclip with 8-bit weights), text
+tower p50 latency for short queries at batch 1 (f32 and q8), and tokenizer texts/s on the tokenizer
+fixture corpus. When `onnxruntime` is installed (`pip install onnxruntime onnx onnxscript`), the
+image tower is also exported to ONNX and timed in ONNX Runtime, fp32 and dynamically quantized int8
+(`onnxruntime.quantization.quantize_dynamic`), as a second reference.
 """
 import argparse
 import json
@@ -47,6 +50,39 @@ def torch_images_per_s(model, batch, iters, size):
             t = time.perf_counter()
             model.encode_image(x)
             times.append(time.perf_counter() - t)
+    return batch / float(np.median(times))
+
+
+def ort_sessions(model, size, threads):
+    """ONNX Runtime sessions for the image tower, fp32 and int8; None without onnxruntime."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        return None
+    path = "/tmp/cnclip-bench-visual.onnx"
+    qpath = "/tmp/cnclip-bench-visual.int8.onnx"
+    if not os.path.exists(path):
+        torch.onnx.export(model.visual, torch.randn(1, 3, size, size), path, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+                          opset_version=17, dynamo=False)
+    if not os.path.exists(qpath):
+        quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return {name: ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"])
+            for name, p in (("fp32", path), ("int8", qpath))}
+
+
+def ort_images_per_s(session, batch, iters, size):
+    x = np.random.randn(batch, 3, size, size).astype(np.float32)
+    session.run(None, {"x": x})
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - t)
     return batch / float(np.median(times))
 
 
@@ -101,25 +137,40 @@ def main():
     tfile = "/tmp/cnclip-bench-corpus.txt"
     open(tfile, "w").write("\n".join(texts) + "\n")
 
+    sessions = ort_sessions(model, size, args.threads)
     rows = []
     for r in range(args.rounds):
         for batch in (8, 1):
             ref = torch_images_per_s(model, batch, args.iters, size)
-            ours = cnclip(args.binary, "--what", "image", "--model", args.checkpoint,
-                          "--batch", str(batch), "--iters", str(args.iters))["images_per_s"]
-            rows.append((f"image tower, batch {batch} (images/s)", ours, ref, ours / ref))
+            for precision in ("f32", "q8"):
+                ours = cnclip(args.binary, "--what", "image", "--model", args.checkpoint,
+                              "--batch", str(batch), "--iters", str(args.iters),
+                              "--precision", precision)["images_per_s"]
+                rows.append((f"image tower {precision}, batch {batch} (images/s)", ours, ref,
+                             ours / ref))
+            for name, session in (sessions or {}).items():
+                ort_ips = ort_images_per_s(session, batch, args.iters, size)
+                rows.append((f"  ONNX Runtime {name}, batch {batch} (images/s)", ort_ips, ref,
+                             ort_ips / ref))
         ref = torch_text_p50_ms(model, args.iters)
-        ours = cnclip(args.binary, "--what", "text", "--model", args.checkpoint, "--batch", "1",
-                      "--iters", str(args.iters), "--corpus", qfile)["p50_ms"]
-        rows.append(("text tower, short query batch 1 (p50 ms)", ours, ref, ref / ours))
+        for precision in ("f32", "q8"):
+            ours = cnclip(args.binary, "--what", "text", "--model", args.checkpoint, "--batch", "1",
+                          "--iters", str(args.iters), "--corpus", qfile,
+                          "--precision", precision)["p50_ms"]
+            rows.append((f"text tower {precision}, short query (p50 ms)", ours, ref, ref / ours))
         if texts:
             ref = torch_tokenize_per_s(texts)
             ours = cnclip(args.binary, "--what", "tokenize", "--corpus", tfile, "--iters", "3")["texts_per_s"]
             rows.append((f"tokenizer, {len(texts)} texts (texts/s)", ours, ref, ours / ref))
-    print(f"machine: {os.cpu_count()} threads, torch {torch.__version__}, threads={args.threads}")
-    print(f"{'measure':45} {'cnclip':>12} {'cn_clip':>12} {'ratio':>8}")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "unknown CPU")
+    print(f"machine: {cpu}, {os.cpu_count()} threads, torch {torch.__version__}, "
+          f"threads={args.threads}")
+    print(f"{'measure':50} {'ours':>12} {'cn_clip':>12} {'ratio':>8}")
     for name, ours, ref, ratio in rows:
-        print(f"{name:45} {ours:12.2f} {ref:12.2f} {ratio:7.2f}x")
+        print(f"{name:50} {ours:12.2f} {ref:12.2f} {ratio:7.2f}x")
+    print("ratio > 1 means faster than cn_clip (PyTorch) in the same run; ONNX Runtime rows "
+          "compare ONNX Runtime to cn_clip.")
 
 
 if __name__ == "__main__":
