@@ -2,9 +2,11 @@
 //!
 //! - [`config`]: typed configurations and the five presets.
 //! - [`tokenizer`]: cn_clip's `FullTokenizer` + `tokenize`, id for id.
-//! - [`preprocess`]: cn_clip's `image_transform(S)`, a replica of PIL's fixed-point bicubic resize.
+//! - [`preprocess`]: cn_clip's `image_transform(S)`, a replica of PIL's fixed-point bicubic resize;
+//!   optionally ([`preprocess::JpegDecode::Scaled`]) large JPEGs decoded at reduced scale.
 //! - [`weights`]: official `.pt` (restricted pickle reader), Hugging Face directories and safetensors.
-//! - [`model`]: the towers and [`model::ChineseClip`] (encode, similarity, zero-shot).
+//! - [`model`]: the towers and [`model::ChineseClip`] (encode, similarity, zero-shot), fused CPU
+//!   kernels ([`model::ops`]) and 8-bit weights ([`model::ChineseClip::quantize`], [`model::q8`]).
 //! - [`zoo`]: model names → local cache → ModelScope / Hugging Face hub.
 //!
 //! Embeddings equal cn_clip 1.6.0's to float precision (max |Δ| of normalised embeddings ≈ 1e-7
