@@ -178,7 +178,10 @@ fn check(dir: &Path, models: &Path, name: &str, half: bool) {
     eprintln!("{name}: q8 worst cosine to f32 {worst:.6}, max |Δ| {moved:.2e}");
     assert!(worst >= Q8_MIN_COSINE, "{name}: q8 cosine {worst}");
     // The weights really are 8-bit: outputs move well beyond f32 rounding (~1e-7).
-    assert!(moved > 1e-5, "{name}: q8 output equals f32 ({moved:.2e}): not quantized?");
+    assert!(
+        moved > 1e-5,
+        "{name}: q8 output equals f32 ({moved:.2e}): not quantized?"
+    );
 
     if !half {
         return;
