@@ -250,46 +250,64 @@ const ROWS_PER_TASK: usize = 8;
 
 /// Runs `epilogue` over the `[rows, n]` output in place.
 fn apply_epilogue(out: &mut [f32], n: usize, epilogue: Epilogue) -> Result<()> {
-    let residual_guard;
-    let residual: Option<&[f32]> = match epilogue {
-        Epilogue::Residual(r) => {
-            if r.elem_count() != out.len() {
-                candle_core::bail!(
-                    "linear residual has {} values, the output {}",
-                    r.elem_count(),
-                    out.len()
-                );
-            }
-            residual_guard = r.storage_and_layout();
-            match &*residual_guard.0 {
-                Storage::Cpu(CpuStorage::F32(v)) => Some(contiguous_slice(v, residual_guard.1)?),
-                _ => candle_core::bail!("linear residual must be an f32 CPU tensor"),
-            }
-        }
-        _ => None,
-    };
     if matches!(epilogue, Epilogue::None) {
         return Ok(());
     }
-    let chunk = n * ROWS_PER_TASK;
-    out.par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(i, block)| {
-            for (r, row) in block.chunks_exact_mut(n).enumerate() {
-                match epilogue {
-                    Epilogue::None => {}
-                    Epilogue::QuickGelu => row.iter_mut().for_each(|y| *y = quick_gelu_f32(*y)),
-                    Epilogue::GeluErf => row.iter_mut().for_each(|y| *y = gelu_erf_f32(*y)),
-                    Epilogue::Residual(_) => {
-                        let start = (i * ROWS_PER_TASK + r) * n;
-                        let res = &residual.expect("residual slice taken above")[start..start + n];
-                        // cn_clip / BERT: `x + layer(y)`; addition commutes exactly in IEEE.
-                        row.iter_mut().zip(res).for_each(|(y, &x)| *y += x);
-                    }
+    with_residual(epilogue, out.len(), |residual| {
+        out.par_chunks_mut(n * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(i, block)| {
+                for (r, row) in block.chunks_exact_mut(n).enumerate() {
+                    finish_row(epilogue, residual, n, i * ROWS_PER_TASK + r, 0, row);
                 }
-            }
-        });
-    Ok(())
+            });
+    })
+}
+
+/// Runs `f` with the residual's values (when `epilogue` adds one), checked to hold `len` values.
+fn with_residual<T>(
+    epilogue: Epilogue,
+    len: usize,
+    f: impl FnOnce(Option<&[f32]>) -> T,
+) -> Result<T> {
+    let Epilogue::Residual(r) = epilogue else {
+        return Ok(f(None));
+    };
+    if r.elem_count() != len {
+        candle_core::bail!(
+            "linear residual has {} values, the output {len}",
+            r.elem_count()
+        );
+    }
+    let (storage, layout) = r.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Ok(f(Some(contiguous_slice(v, layout)?))),
+        _ => candle_core::bail!("linear residual must be an f32 CPU tensor"),
+    }
+}
+
+/// The epilogue on `values`, output row `row` from column `col` of an `n`-wide output.
+#[inline]
+fn finish_row(
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+    n: usize,
+    row: usize,
+    col: usize,
+    values: &mut [f32],
+) {
+    match epilogue {
+        Epilogue::None => {}
+        Epilogue::QuickGelu => values.iter_mut().for_each(|y| *y = quick_gelu_f32(*y)),
+        Epilogue::GeluErf => values.iter_mut().for_each(|y| *y = gelu_erf_f32(*y)),
+        Epilogue::Residual(_) => {
+            let start = row * n + col;
+            let res =
+                &residual.expect("residual checked by with_residual")[start..start + values.len()];
+            // cn_clip / BERT: `x + layer(y)`; addition commutes exactly in IEEE.
+            values.iter_mut().zip(res).for_each(|(y, &x)| *y += x);
+        }
+    }
 }
 
 /// `x · σ(1.702 x)`, as [`quick_gelu`] computes it.
@@ -459,8 +477,14 @@ impl CustomOp1 for Q8Op<'_> {
             None => None,
         };
         let mut out = vec![0f32; m * n];
-        self.layer.matmul(x, bias, &mut out);
-        apply_epilogue(&mut out, n, self.epilogue)?;
+        let epilogue = self.epilogue;
+        // The epilogue runs on each stretch of output as the kernel writes it.
+        with_residual(epilogue, m * n, |residual| {
+            self.layer
+                .matmul_then(x, bias, &mut out, &|row, col, values| {
+                    finish_row(epilogue, residual, n, row, col, values)
+                })
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }

@@ -12,7 +12,7 @@
 //!   row's block sum of `q_a` (computed while quantizing) removes the offset exactly. Each block's
 //!   integer sum becomes `s_a · (acc − 128·Σq_a)` in f32, and the row total `s_w[n] · Σ_blocks + b`.
 //!
-//! Kernels: AVX512-VNNI (4 rows × 32 columns per step, 64 byte-products per instruction) where the
+//! Kernels: AVX512-VNNI (6 rows × 32 columns per step, 64 byte-products per instruction) where the
 //! CPU has it, detected at run time; elsewhere a portable kernel on the same packed layout. Both do
 //! the same integer sums and the same f32 operations in the same order, so they agree bit for bit
 //! (tested). Work is split over rayon by 32-column stripes of the output.
@@ -23,8 +23,9 @@ use rayon::prelude::*;
 pub const BLOCK: usize = 128;
 /// Output columns per packed stripe: two 512-bit vectors of 16 i32 lanes.
 const NR: usize = 32;
-/// Rows per microkernel step.
-const MR: usize = 4;
+/// Rows per microkernel step: 6 rows × 2 vectors of i32 and of f32 accumulators, 2 weight
+/// vectors and a broadcast fill 27 of the 32 vector registers.
+const MR: usize = 6;
 
 /// A `[out, in]` weight matrix quantized and packed for [`QLinear::matmul`].
 #[derive(Debug, Clone)]
@@ -95,8 +96,31 @@ impl QLinear {
         self.matmul_with(x, bias, out, Kernel::detect());
     }
 
+    /// [`QLinear::matmul`], then `finish(row, first_column, values)` on every stretch of output
+    /// while it is still in cache (an activation or a residual add, fused).
+    pub fn matmul_then(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+    ) {
+        self.run(x, bias, out, Kernel::detect(), finish);
+    }
+
     /// [`QLinear::matmul`] on a chosen kernel (tests compare them).
     pub fn matmul_with(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], kernel: Kernel) {
+        self.run(x, bias, out, kernel, &|_, _, _| {});
+    }
+
+    fn run(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        kernel: Kernel,
+        finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+    ) {
         let rows = x.len() / self.in_dim;
         assert_eq!(x.len(), rows * self.in_dim, "input shape");
         assert_eq!(out.len(), rows * self.out_dim, "output shape");
@@ -126,6 +150,7 @@ impl QLinear {
                     for (c, d) in dst.iter_mut().enumerate() {
                         *d = t[c] * scales[c] + b.map_or(0.0, |b| b[c]);
                     }
+                    finish(r0 + i, stripe * NR, dst);
                 }
             }
         });
@@ -249,6 +274,8 @@ impl Kernel {
                 unsafe {
                     // One instantiation per row count, so the accumulators stay in registers.
                     match mr {
+                        6 => vnni::<6>(a, r0, k_pad, w, tile),
+                        5 => vnni::<5>(a, r0, k_pad, w, tile),
                         4 => vnni::<4>(a, r0, k_pad, w, tile),
                         3 => vnni::<3>(a, r0, k_pad, w, tile),
                         2 => vnni::<2>(a, r0, k_pad, w, tile),
