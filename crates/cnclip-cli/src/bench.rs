@@ -5,10 +5,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use cnclip_model::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
 use serde_json::{json, Value};
 
-use crate::{load_model, Precision};
+use crate::{load_model_on, Precision};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -29,6 +30,7 @@ pub fn run(
     iters: usize,
     corpus: Option<&Path>,
     precision: Precision,
+    device: &Device,
 ) -> Result<Value> {
     let lines = || -> Result<Vec<String>> {
         let path = corpus.context("--corpus is required for text and tokenize")?;
@@ -57,7 +59,7 @@ pub fn run(
             let Some(model) = model else {
                 bail!("--model is required")
             };
-            let model = load_model(model, precision)?;
+            let model = load_model_on(model, precision, device)?;
             let n = 3 * model.image_size() * model.image_size();
             let images: Vec<Vec<f32>> = (0..batch)
                 .map(|b| {
@@ -84,7 +86,7 @@ pub fn run(
             let Some(model) = model else {
                 bail!("--model is required")
             };
-            let model = load_model(model, precision)?;
+            let model = load_model_on(model, precision, device)?;
             let texts = lines()?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             model.encode_texts(&refs[..batch.min(refs.len())])?;

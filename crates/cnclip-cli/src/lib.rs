@@ -7,11 +7,13 @@
 //! - [`engine::ClipEngine`] is the real model behind cnclip-index's `ImageEmbedder` and
 //!   cnclip-search's `QueryEncoder`.
 //! - [`eval`] runs the official retrieval and zero-shot protocols (`cnclip eval`).
+//! - [`device`] parses `--device cpu|cuda|cuda:N`.
 //! - [`bench`](mod@bench) backs the hidden `cnclip bench` used by `tools/bench_vs_reference.py`.
 
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod device;
 pub mod engine;
 pub mod eval;
 
@@ -69,8 +71,16 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
 
 /// Resolves and loads a model on the CPU.
 pub fn load_model(arg: &str, precision: Precision) -> Result<ChineseClip> {
+    load_model_on(arg, precision, &Device::Cpu)
+}
+
+/// Resolves and loads a model on `device` (`--device`).
+pub fn load_model_on(arg: &str, precision: Precision, device: &Device) -> Result<ChineseClip> {
+    if precision == Precision::Q8 && !device.is_cpu() {
+        anyhow::bail!("--precision q8 runs on the CPU only; use f16, bf16 or f32 on a GPU");
+    }
     let path = resolve_model(arg)?;
-    let model = ChineseClip::load(&path, &Device::Cpu, precision.dtype())
+    let model = ChineseClip::load(&path, device, precision.dtype())
         .with_context(|| format!("cannot load model {}", path.display()))?;
     if precision == Precision::Q8 {
         return Ok(model.quantize()?);

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use cnclip_cli::device::DeviceSpec;
 use cnclip_cli::eval::{self as ev, Backend, Progress};
-use cnclip_cli::{load_model, print_error, stdout_ok, Precision};
+use cnclip_cli::{load_model_on, print_error, stdout_ok, Precision};
 use cnclip_model::preprocess::{self, PreprocessOptions};
 use cnclip_model::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
 use serde_json::json;
@@ -200,6 +201,9 @@ struct ModelArgs {
     /// CPUs; `--quantize q8`).
     #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
     precision: Precision,
+    /// Where the model runs: cpu, cuda (GPU 0) or cuda:N (needs a build with `--features cuda`).
+    #[arg(long, env = "CNCLIP_DEVICE", default_value_t = DeviceSpec::Cpu)]
+    device: DeviceSpec,
     /// Do not apply EXIF orientation to images (cn_clip's own behaviour).
     #[arg(long)]
     no_exif_orientation: bool,
@@ -266,6 +270,7 @@ fn run(cli: Cli) -> Result<()> {
                 iters,
                 corpus.as_deref(),
                 common.precision,
+                &common.device.open()?,
             )?;
             stdout_ok(writeln!(std::io::stdout().lock(), "{report}"))
         }
@@ -313,7 +318,7 @@ fn eval(command: EvalCommand) -> Result<()> {
                 predictions_tr,
             };
             opts.check()?;
-            let model = load_model(&model, common.precision)?;
+            let model = load_model_on(&model, common.precision, &common.device.open()?)?;
             let r = ev::retrieval::evaluate(&model, &opts, progress)?;
             (json, (r.to_json(), r.to_text()))
         }
@@ -337,7 +342,7 @@ fn eval(command: EvalCommand) -> Result<()> {
                 preprocess: preprocess_options(0, &common),
             };
             opts.check()?;
-            let model = load_model(&model, common.precision)?;
+            let model = load_model_on(&model, common.precision, &common.device.open()?)?;
             let r = ev::zeroshot::evaluate(&model, &opts, progress)?;
             (json, (r.to_json(), r.to_text()))
         }
@@ -360,7 +365,7 @@ fn embed(
     if texts.is_empty() && images.is_empty() {
         bail!("nothing to embed: pass --text TEXT and/or --image PATH");
     }
-    let model = load_model(model, common.precision)?;
+    let model = load_model_on(model, common.precision, &common.device.open()?)?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let text_features = model.encode_texts_normalized(&text_refs)?;
     let opts = preprocess_options(model.image_size(), common);
@@ -417,7 +422,7 @@ fn classify(
     json: bool,
     common: &ModelArgs,
 ) -> Result<()> {
-    let model = load_model(model, common.precision)?;
+    let model = load_model_on(model, common.precision, &common.device.open()?)?;
     let opts = preprocess_options(model.image_size(), common);
     let pixels = preprocess::preprocess_path(image, &opts)?;
     let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();

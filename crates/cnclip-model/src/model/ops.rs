@@ -654,7 +654,9 @@ impl CustomOp1 for QuickGeluOp {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?;
+    // q is scaled before the product (as PyTorch's multi-head attention does): in f16 the
+    // unscaled scores can overflow.
+    let scores = (q * scale)?.matmul(&k.t()?)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
