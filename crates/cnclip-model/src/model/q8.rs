@@ -127,6 +127,11 @@ impl QLinear {
         if let Some(b) = bias {
             assert_eq!(b.len(), self.out_dim, "bias shape");
         }
+        // Checked once here, not per microkernel call: `Kernel::run` relies on it.
+        assert!(
+            kernel == Kernel::Portable || kernel == Kernel::detect(),
+            "{kernel:?} is not supported by this CPU"
+        );
         let a = quantize_rows(x, self.in_dim, self.k_pad);
         let stripes = self.out_dim.div_ceil(NR);
         let out_ptr = SharedOut(out.as_mut_ptr());
@@ -263,11 +268,8 @@ impl Kernel {
             Kernel::Portable => portable(a, r0, mr, k_pad, w, tile),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => {
-                assert!(
-                    Kernel::detect() == Kernel::Avx512Vnni,
-                    "CPU lacks AVX512-VNNI"
-                );
-                // SAFETY: the CPU supports the target features (checked just above), and
+                // SAFETY: the CPU supports the target features (`QLinear::run` checks it once
+                // per product before any microkernel runs), and
                 // `vnni` reads only inside `a.q` (rows r0..r0+mr, k_pad each) and `w`
                 // (k_pad·NR bytes), whose sizes it asserts.
                 #[allow(unsafe_code)]
