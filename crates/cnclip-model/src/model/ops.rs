@@ -113,11 +113,10 @@ impl Linear {
         let Weight::Dense(w_t) = &self.weight else {
             return Ok(self.clone());
         };
-        if w_t.dtype() != DType::F32 || !w_t.device().is_cpu() {
-            candle_core::bail!("only f32 CPU layers can be quantized");
-        }
         let (in_dim, out_dim) = w_t.dims2()?;
-        let w = transpose_f32(&w_t.flatten_all()?.to_vec1::<f32>()?, in_dim, out_dim);
+        let Some(w) = transposed_f32(w_t)? else {
+            candle_core::bail!("only f32 CPU layers can be quantized");
+        };
         Ok(Linear {
             weight: Weight::Q8(Arc::new(QLinear::new(&w, out_dim, in_dim))),
             bias: self.bias.clone(),
@@ -172,23 +171,31 @@ impl Module for Linear {
 
 /// `t` in contiguous layout; a CPU f32 matrix stored transposed goes through [`transpose_f32`].
 fn contiguous_fast(t: &Tensor) -> Result<Tensor> {
-    if t.is_contiguous() || !t.device().is_cpu() || t.dtype() != DType::F32 || t.rank() != 2 {
+    if t.is_contiguous() || t.rank() != 2 {
         return t.contiguous();
+    }
+    match transposed_f32(&t.t()?)? {
+        Some(data) => Tensor::from_vec(data, t.dims2()?, t.device()),
+        None => t.contiguous(),
+    }
+}
+
+/// The transpose of a contiguous CPU f32 matrix, read in place (no intermediate copy of the
+/// whole matrix) through [`transpose_f32`]; `None` for any other tensor.
+fn transposed_f32(t: &Tensor) -> Result<Option<Vec<f32>>> {
+    if !t.is_contiguous() || t.rank() != 2 {
+        return Ok(None);
     }
     let (rows, cols) = t.dims2()?;
-    let src = t.t()?;
-    if !src.is_contiguous() {
-        return t.contiguous();
-    }
-    // Read the storage in place (no intermediate copy of the whole matrix).
-    let data = {
-        let (storage, layout) = src.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
-            return t.contiguous();
-        };
-        transpose_f32(contiguous_slice(v, layout)?, cols, rows)
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+        return Ok(None);
     };
-    Tensor::from_vec(data, (rows, cols), t.device())
+    Ok(Some(transpose_f32(
+        contiguous_slice(v, layout)?,
+        rows,
+        cols,
+    )))
 }
 
 /// Transposes a row-major `[rows, cols]` matrix into `[cols, rows]`, in 32×32 tiles (both sides
