@@ -1,6 +1,7 @@
 //! cn_clip's text tower: `BertModel` from `cn_clip/clip/modeling_bert.py` (Chinese BERT /
 //! RoBERTa-wwm-ext), post-LN, GELU (erf), LayerNorm eps 1e-12. The text feature is the last
-//! hidden state of `[CLS]` (position 0) `@ text_projection`; the pooler is never used.
+//! hidden state of `[CLS]` (position 0) `@ text_projection`; the pooler is never used, and the
+//! last layer computes its output at `[CLS]` only.
 //!
 //! Attention mask: cn_clip passes `ids != [PAD]` and BertModel turns it into an additive
 //! `(1 − mask) · −10000` (`modeling_bert.py`, `BertModel.forward`). We use the same constant: it is
@@ -59,11 +60,22 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let a = ops::fused_attention(&self.qkv.forward(x)?, self.heads, Some(mask))?;
+    /// With `cls_only`, the layer's output at `[CLS]` alone (`[b, 1, h]`), all the text feature
+    /// reads of the last layer (every position still serves as key and value).
+    fn forward(&self, x: &Tensor, mask: &Tensor, cls_only: bool) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?;
+        let (a, x) = if cls_only {
+            let a = ops::fused_attention_first(&qkv, self.heads, Some(mask), 1)?;
+            (a, x.narrow(1, 0, 1)?.contiguous()?)
+        } else {
+            (
+                ops::fused_attention(&qkv, self.heads, Some(mask))?,
+                x.clone(),
+            )
+        };
         let x = self
             .attn_ln
-            .forward(&self.attn_out.forward_with(&a, Epilogue::Residual(x))?)?;
+            .forward(&self.attn_out.forward_with(&a, Epilogue::Residual(&x))?)?;
         let h = self.intermediate.forward_with(&x, Epilogue::GeluErf)?;
         self.output_ln
             .forward(&self.output.forward_with(&h, Epilogue::Residual(&x))?)
@@ -145,8 +157,9 @@ impl TextTransformer {
             .broadcast_add(&self.token_type_0)?;
         let mut x = self.embeddings_ln.forward(&x)?;
         let mask = additive_mask(ids, dtype, device)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &mask)?;
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &mask, i == last)?;
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
         self.projection.forward(&cls)

@@ -682,15 +682,33 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
 /// all threads. Elsewhere it falls back to [`split_qkv`] → [`attention`] → [`merge_heads`].
 /// Both compute `softmax(q·kᵀ/√d + mask)·v` with the softmax in f32.
 pub fn fused_attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    let len = qkv.dim(1)?;
+    fused_attention_first(qkv, heads, mask, len)
+}
+
+/// [`fused_attention`] for the first `queries` positions only: `[batch, queries, width]`, every
+/// query still attending to all keys. The last block of a tower whose output is the class token
+/// needs one query row, not all of them.
+pub fn fused_attention_first(
+    qkv: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    queries: usize,
+) -> Result<Tensor> {
+    let len = qkv.dim(1)?;
+    if queries == 0 || queries > len {
+        candle_core::bail!("attention: {queries} query rows asked of a sequence of {len}");
+    }
     if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
         let qkv = qkv.contiguous()?;
-        let op = FusedAttention { heads };
+        let op = FusedAttention { heads, queries };
         return match mask {
             Some(m) => qkv.apply_op2_no_bwd(&m.to_dtype(DType::F32)?.contiguous()?, &op),
             None => qkv.apply_op1_no_bwd(&op),
         };
     }
     let (q, k, v) = split_qkv(qkv, heads)?;
+    let q = q.narrow(2, 0, queries)?;
     let mask = match mask {
         Some(m) => {
             let (b, l) = m.dims2()?;
@@ -703,6 +721,8 @@ pub fn fused_attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Res
 
 struct FusedAttention {
     heads: usize,
+    /// Leading query rows computed (≤ the sequence length).
+    queries: usize,
 }
 
 /// A raw output pointer shared by the attention tasks; each task writes a disjoint set of elements.
@@ -739,21 +759,25 @@ impl FusedAttention {
             }
         }
         let d = w / heads;
+        let lq = self.queries;
+        if lq > l {
+            candle_core::bail!("fused attention: {lq} query rows of a sequence of {l}");
+        }
         let scale = 1.0 / (d as f32).sqrt();
-        let mut out = vec![0f32; b * l * w];
+        let mut out = vec![0f32; b * lq * w];
         let out_ptr = OutPtr(out.as_mut_ptr());
         (0..b * heads).into_par_iter().for_each(|task| {
             let (bi, h) = (task / heads, task % heads);
             let base = bi * l * three_w + h * d;
             let (q, k, v) = (&qkv[base..], &qkv[base + w..], &qkv[base + 2 * w..]);
-            let mut scores = vec![0f32; l * l];
+            let mut scores = vec![0f32; lq * l];
             #[allow(unsafe_code)]
             // SAFETY: all operands lie inside their slices: row r of q/k/v starts at
-            // r·3w (< len − 2w − h·d for r < l) and spans d ≤ w columns; `scores` is l×l.
+            // r·3w (< len − 2w − h·d for r < l) and spans d ≤ w columns; `scores` is lq×l.
             unsafe {
                 // scores = scale · q · kᵀ   (k read transposed through its strides)
                 gemm::gemm(
-                    l,
+                    lq,
                     l,
                     d,
                     scores.as_mut_ptr(),
@@ -787,14 +811,14 @@ impl FusedAttention {
                 row.iter_mut().for_each(|s| *s *= inv);
             }
             #[allow(unsafe_code)]
-            // SAFETY: the destination is rows bi·l..(bi+1)·l, columns h·d..(h+1)·d of the
-            // [b·l, w] output: inside `out`, and disjoint from every other (bi, h) task's block.
+            // SAFETY: the destination is rows bi·lq..(bi+1)·lq, columns h·d..(h+1)·d of the
+            // [b·lq, w] output: inside `out`, and disjoint from every other (bi, h) task's block.
             unsafe {
                 gemm::gemm(
-                    l,
+                    lq,
                     d,
                     l,
-                    out_ptr.get().add(bi * l * w + h * d),
+                    out_ptr.get().add(bi * lq * w + h * d),
                     1,
                     w as isize,
                     false,
@@ -813,7 +837,7 @@ impl FusedAttention {
                 );
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, l, w))))
+        Ok((CpuStorage::F32(out), Shape::from((b, lq, w))))
     }
 }
 
@@ -875,8 +899,6 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
 
-    /// The vectorizable `exp` is within 2 ulp of the exact value over the whole normal range,
-    /// and exactly 0 below it (masked attention scores must vanish).
     #[test]
     fn blocked_transpose_matches_naive() {
         for (rows, cols) in [(1, 1), (3, 70), (64, 33), (100, 100)] {
@@ -890,6 +912,8 @@ mod tests {
         }
     }
 
+    /// The vectorizable `exp` is within 2 ulp of the exact value over the whole normal range,
+    /// and exactly 0 below it (masked attention scores must vanish).
     #[test]
     fn exp_is_accurate_and_underflows_to_zero() {
         let mut worst = 0f64;

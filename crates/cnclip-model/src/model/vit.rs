@@ -1,6 +1,8 @@
 //! cn_clip's `VisualTransformer` (`cn_clip/clip/model.py`): patch conv → class token → positions →
 //! `ln_pre` → pre-LN residual blocks (fused q/k/v, QuickGELU MLP 4×) → `ln_post` on the class token
-//! → `@ proj`. LayerNorm eps 1e-5 (PyTorch's default, which cn_clip keeps).
+//! → `@ proj`. LayerNorm eps 1e-5 (PyTorch's default, which cn_clip keeps). The last block computes
+//! its output at the class token only (all positions still serve as keys and values): its
+//! attention output, MLP and residuals for one position instead of all.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -49,10 +51,19 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// With `cls_only`, the block's output at the class token alone (`[b, 1, w]`): every
+    /// position still serves as key and value, but the attention output, MLP and residuals are
+    /// per position, and the tower reads nothing but the class token of its last block.
+    fn forward(&self, x: &Tensor, cls_only: bool) -> Result<Tensor> {
         let h = self.ln_1.forward(x)?;
-        let a = ops::fused_attention(&self.in_proj.forward(&h)?, self.heads, None)?;
-        let x = self.out_proj.forward_with(&a, Epilogue::Residual(x))?;
+        let qkv = self.in_proj.forward(&h)?;
+        let (a, x) = if cls_only {
+            let a = ops::fused_attention_first(&qkv, self.heads, None, 1)?;
+            (a, x.narrow(1, 0, 1)?.contiguous()?)
+        } else {
+            (ops::fused_attention(&qkv, self.heads, None)?, x.clone())
+        };
+        let x = self.out_proj.forward_with(&a, Epilogue::Residual(&x))?;
         let h = self
             .c_fc
             .forward_with(&self.ln_2.forward(&x)?, Epilogue::QuickGelu)?;
@@ -121,8 +132,9 @@ impl VisionTransformer {
         let cls = self.class_embedding.reshape((1, 1, w))?.repeat((b, 1, 1))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.positional_embedding)?;
         let mut x = self.ln_pre.forward(&x)?;
-        for block in &self.blocks {
-            x = block.forward(&x)?;
+        let last = self.blocks.len().saturating_sub(1);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, i == last)?;
         }
         let cls = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
         self.proj.forward(&cls)
