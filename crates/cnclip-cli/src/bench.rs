@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use cnclip_model::model::Towers;
 use cnclip_model::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
 use serde_json::{json, Value};
 
@@ -59,7 +60,7 @@ pub fn run(
             let Some(model) = model else {
                 bail!("--model is required")
             };
-            let model = load_model_on(model, precision, device)?;
+            let model = load_model_on(model, precision, Towers::Image, device)?;
             let n = 3 * model.image_size() * model.image_size();
             let images: Vec<Vec<f32>> = (0..batch)
                 .map(|b| {
@@ -86,7 +87,7 @@ pub fn run(
             let Some(model) = model else {
                 bail!("--model is required")
             };
-            let model = load_model_on(model, precision, device)?;
+            let model = load_model_on(model, precision, Towers::Text, device)?;
             let texts = lines()?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             model.encode_texts(&refs[..batch.min(refs.len())])?;

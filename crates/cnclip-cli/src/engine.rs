@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use cnclip_index::{EmbedError, ImageEmbedder, ModelIdentity};
 use cnclip_model::config::Preset;
-use cnclip_model::model::ChineseClip;
+use cnclip_model::model::{ChineseClip, Towers};
 use cnclip_model::preprocess::{self, JpegDecode, PreprocessOptions};
 use cnclip_search::QueryEncoder;
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,9 @@ pub struct EngineOptions {
     pub exif_orientation: bool,
     /// Exact or reduced-scale decoding of large JPEGs ([`JpegDecode`]).
     pub jpeg_decode: JpegDecode,
+    /// The towers to load: `Image` to index, `Text` for text queries (the identity is the
+    /// same either way).
+    pub towers: Towers,
 }
 
 /// A Chinese-CLIP model with its preprocessing.
@@ -57,8 +60,9 @@ impl ClipEngine {
             precision,
             exif_orientation,
             jpeg_decode,
+            towers,
         } = opts;
-        let model = load_model(model_arg, precision)?;
+        let model = load_model(model_arg, precision, towers)?;
         let options = PreprocessOptions {
             size: model.image_size(),
             exif_orientation,

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use cnclip_model::model::ChineseClip;
+use cnclip_model::model::{ChineseClip, Towers};
 use cnclip_model::zoo::{self, DownloadProgress, Resolver};
 
 /// Compute precision on the command line (`--precision`, also spelled `--quantize q8`).
@@ -69,18 +69,23 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     Ok(resolver.resolve(&spec, &Bar::default())?)
 }
 
-/// Resolves and loads a model on the CPU.
-pub fn load_model(arg: &str, precision: Precision) -> Result<ChineseClip> {
-    load_model_on(arg, precision, &Device::Cpu)
+/// Resolves and loads a model (or one of its towers, [`Towers`]) on the CPU.
+pub fn load_model(arg: &str, precision: Precision, towers: Towers) -> Result<ChineseClip> {
+    load_model_on(arg, precision, towers, &Device::Cpu)
 }
 
-/// Resolves and loads a model on `device` (`--device`).
-pub fn load_model_on(arg: &str, precision: Precision, device: &Device) -> Result<ChineseClip> {
+/// Resolves and loads a model (or one of its towers) on `device` (`--device`).
+pub fn load_model_on(
+    arg: &str,
+    precision: Precision,
+    towers: Towers,
+    device: &Device,
+) -> Result<ChineseClip> {
     if precision == Precision::Q8 && !device.is_cpu() {
         anyhow::bail!("--precision q8 runs on the CPU only; use f16, bf16 or f32 on a GPU");
     }
     let path = resolve_model(arg)?;
-    let model = ChineseClip::load(&path, device, precision.dtype())
+    let model = ChineseClip::load_towers(&path, device, precision.dtype(), towers)
         .with_context(|| format!("cannot load model {}", path.display()))?;
     if precision == Precision::Q8 {
         return Ok(model.quantize()?);

@@ -4,7 +4,9 @@
 //! - [`tokenizer`]: cn_clip's `FullTokenizer` + `tokenize`, id for id.
 //! - [`preprocess`]: cn_clip's `image_transform(S)`, a replica of PIL's fixed-point bicubic resize;
 //!   optionally ([`preprocess::JpegDecode::Scaled`]) large JPEGs decoded at reduced scale.
-//! - [`weights`]: official `.pt` (restricted pickle reader), Hugging Face directories and safetensors.
+//! - [`weights`]: official `.pt` (restricted pickle reader), Hugging Face directories and
+//!   safetensors; one tower can be left unread ([`weights::Towers`]) without changing the
+//!   configuration or fingerprint.
 //! - [`model`]: the towers and [`model::ChineseClip`] (encode, similarity, zero-shot), fused CPU
 //!   kernels ([`model::ops`]) and 8-bit weights ([`model::ChineseClip::quantize`], [`model::q8`]).
 //! - [`zoo`]: model names → local cache → ModelScope / Hugging Face hub.

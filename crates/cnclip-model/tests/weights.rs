@@ -643,3 +643,96 @@ fn var_builder_serves_canonical_paths() {
     let scale = vb.get((), "logit_scale").unwrap();
     assert_eq!(scale.dims(), &[] as &[usize]);
 }
+
+/// Every fixture file in every format, loaded with one tower left out: same configuration and
+/// fingerprint as the whole file, the kept tower's tensors identical, the other tower's
+/// tensors present only as shape + first values (for files in cn_clip's names; a file in
+/// transformers' names is read whole).
+#[test]
+fn a_tower_can_be_left_out_without_changing_the_identity() {
+    use weights::Towers;
+    let mut partial = 0;
+    for e in manifest() {
+        for key in ["pt", "legacy_pt", "safetensors", "hf_dir"] {
+            let Some(file) = e[key].as_str() else {
+                continue;
+            };
+            let path = fixtures().join(file);
+            let full = load(&path);
+            assert!(full.left_out.is_empty());
+            assert!(full.has(Towers::Both));
+            for (towers, kept) in [(Towers::Text, Towers::Text), (Towers::Image, Towers::Image)] {
+                let ck = weights::load_with(&path, towers).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(ck.config, full.config, "{file} {towers:?}");
+                assert_eq!(ck.shapes(), full.shapes(), "{file} {towers:?}");
+                assert_eq!(
+                    ck.fingerprint().unwrap(),
+                    full.fingerprint().unwrap(),
+                    "{file} {towers:?}"
+                );
+                weights::check_complete(&ck).unwrap();
+                assert!(ck.has(kept), "{file} {towers:?}");
+                for (name, t) in &ck.tensors {
+                    assert_eq!(values(t), values(&full.tensors[name]), "{file}: {name}");
+                }
+                if key == "hf_dir" {
+                    assert!(ck.left_out.is_empty(), "{file}: read whole");
+                    continue;
+                }
+                assert!(!ck.left_out.is_empty(), "{file} {towers:?}");
+                assert!(!ck.has(Towers::Both));
+                for (name, head) in &ck.left_out {
+                    assert!(towers.leaves_out(name), "{file}: {name} left out");
+                    let whole = values(&full.tensors[name]);
+                    assert_eq!(head.dims, full.tensors[name].dims(), "{name}");
+                    assert_eq!(head.values, whole[..whole.len().min(weights::HEAD_LEN)]);
+                }
+                let out = tempfile::tempdir().unwrap();
+                let err = weights::save_hf(&ck, out.path()).unwrap_err().to_string();
+                assert!(err.contains("left out"), "{err}");
+                partial += 1;
+            }
+        }
+    }
+    assert_eq!(partial, 10, "partial loads checked");
+}
+
+/// A model built from one tower encodes exactly as the whole model does, keeps its
+/// fingerprint, and refuses to encode with the tower it lacks.
+#[test]
+fn one_tower_models_encode_like_the_whole_model() {
+    use cnclip_model::model::{ChineseClip, Towers};
+    for file in ["vit_tiny.pt", "rn_tiny.pt", "hf_micro"] {
+        let path = fixtures().join(file);
+        let cpu = Device::Cpu;
+        let full = ChineseClip::load(&path, &cpu, DType::F32).unwrap();
+        let text = ChineseClip::load_towers(&path, &cpu, DType::F32, Towers::Text).unwrap();
+        let image = ChineseClip::load_towers(&path, &cpu, DType::F32, Towers::Image).unwrap();
+        assert_eq!(text.fingerprint(), full.fingerprint(), "{file}");
+        assert_eq!(image.fingerprint(), full.fingerprint(), "{file}");
+        // hf_micro's vocabulary has 128 entries: [CLS] and [SEP] only.
+        let texts: &[&str] = if file == "hf_micro" {
+            &[""]
+        } else {
+            &["一只小猫", ""]
+        };
+        assert_eq!(
+            text.encode_texts(texts).unwrap(),
+            full.encode_texts(texts).unwrap()
+        );
+        let s = full.image_size();
+        let pixels: Vec<f32> = (0..3 * s * s).map(|i| (i % 7) as f32 / 7.0 - 0.5).collect();
+        let pixels = [pixels];
+        assert_eq!(
+            image.encode_image_data(&pixels).unwrap(),
+            full.encode_image_data(&pixels).unwrap()
+        );
+        let err = text.encode_image_data(&pixels).unwrap_err().to_string();
+        assert!(err.contains("without its image tower"), "{err}");
+        let err = image.encode_texts(texts).unwrap_err().to_string();
+        assert!(err.contains("without its text tower"), "{err}");
+        // Quantizing a one-tower model quantizes what is there.
+        let q = text.quantize().unwrap();
+        assert!(q.encode_texts(texts).is_ok());
+    }
+}

@@ -17,6 +17,7 @@ use cnclip_cli::{print_error, stdout_ok, Precision};
 use cnclip_index::{
     BuildOptions, Committed, ImageEmbedder, Index, Indexer, Phase, Reporter, Skipped,
 };
+use cnclip_model::model::Towers;
 use cnclip_model::preprocess::JpegDecode;
 use serde_json::json;
 
@@ -129,6 +130,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     JpegDecode::Scaled
                 },
+                towers: Towers::Image,
             },
             json,
             quiet,

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cnclip_cli::engine::{read_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{print_error, stdout_ok, Precision};
+use cnclip_model::model::Towers;
 use cnclip_model::preprocess::JpegDecode;
 use cnclip_search::{QueryEncoder, Searcher};
 
@@ -84,6 +85,12 @@ fn run(cli: Cli) -> Result<()> {
             precision: cli.precision,
             exif_orientation: exif,
             jpeg_decode: JpegDecode::Exact,
+            // One query, one tower: a text query never reads the image tower's weights.
+            towers: if cli.image.is_some() {
+                Towers::Image
+            } else {
+                Towers::Text
+            },
         };
         let engine = ClipEngine::load(&model, opts);
         let searcher = searcher.join().expect("index reader thread panicked");

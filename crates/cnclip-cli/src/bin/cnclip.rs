@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use cnclip_cli::device::DeviceSpec;
 use cnclip_cli::eval::{self as ev, Backend, Progress};
 use cnclip_cli::{load_model_on, print_error, stdout_ok, Precision};
+use cnclip_model::model::Towers;
 use cnclip_model::preprocess::{self, PreprocessOptions};
 use cnclip_model::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
 use serde_json::json;
@@ -318,7 +319,12 @@ fn eval(command: EvalCommand) -> Result<()> {
                 predictions_tr,
             };
             opts.check()?;
-            let model = load_model_on(&model, common.precision, &common.device.open()?)?;
+            let model = load_model_on(
+                &model,
+                common.precision,
+                Towers::Both,
+                &common.device.open()?,
+            )?;
             let r = ev::retrieval::evaluate(&model, &opts, progress)?;
             (json, (r.to_json(), r.to_text()))
         }
@@ -342,7 +348,12 @@ fn eval(command: EvalCommand) -> Result<()> {
                 preprocess: preprocess_options(0, &common),
             };
             opts.check()?;
-            let model = load_model_on(&model, common.precision, &common.device.open()?)?;
+            let model = load_model_on(
+                &model,
+                common.precision,
+                Towers::Both,
+                &common.device.open()?,
+            )?;
             let r = ev::zeroshot::evaluate(&model, &opts, progress)?;
             (json, (r.to_json(), r.to_text()))
         }
@@ -365,7 +376,13 @@ fn embed(
     if texts.is_empty() && images.is_empty() {
         bail!("nothing to embed: pass --text TEXT and/or --image PATH");
     }
-    let model = load_model_on(model, common.precision, &common.device.open()?)?;
+    // Only the tower(s) the inputs need are read (half the loading for texts alone).
+    let towers = match (texts.is_empty(), images.is_empty()) {
+        (false, true) => Towers::Text,
+        (true, false) => Towers::Image,
+        _ => Towers::Both,
+    };
+    let model = load_model_on(model, common.precision, towers, &common.device.open()?)?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let text_features = model.encode_texts_normalized(&text_refs)?;
     let opts = preprocess_options(model.image_size(), common);
@@ -422,7 +439,12 @@ fn classify(
     json: bool,
     common: &ModelArgs,
 ) -> Result<()> {
-    let model = load_model_on(model, common.precision, &common.device.open()?)?;
+    let model = load_model_on(
+        model,
+        common.precision,
+        Towers::Both,
+        &common.device.open()?,
+    )?;
     let opts = preprocess_options(model.image_size(), common);
     let pixels = preprocess::preprocess_path(image, &opts)?;
     let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();

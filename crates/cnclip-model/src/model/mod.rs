@@ -20,6 +20,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::{ClipConfig, VisionConfig};
 use crate::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
+pub use crate::weights::Towers;
 use crate::{Error, Result};
 
 /// The image tower of either family.
@@ -40,12 +41,12 @@ impl VisionTower {
     }
 }
 
-/// A loaded Chinese-CLIP model.
+/// A loaded Chinese-CLIP model (both towers, or one: [`ChineseClip::load_towers`]).
 #[derive(Debug, Clone)]
 pub struct ChineseClip {
     config: ClipConfig,
-    vision: VisionTower,
-    text: bert::TextTransformer,
+    vision: Option<VisionTower>,
+    text: Option<bert::TextTransformer>,
     logit_scale: f32,
     fingerprint: String,
     device: Device,
@@ -58,9 +59,29 @@ impl ChineseClip {
     /// safetensors; see [`crate::weights`]), checks that every tensor is present with its exact
     /// shape, and builds the model in `dtype` on `device`.
     pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<ChineseClip> {
-        let ck = crate::weights::load(path)?;
+        ChineseClip::load_towers(path, device, dtype, Towers::Both)
+    }
+
+    /// [`ChineseClip::load`] with only the tower(s) `towers` read and built: a process that
+    /// only encodes texts skips reading the image tower, and the other way round. The
+    /// configuration and [`ChineseClip::fingerprint`] are those of the whole checkpoint (every
+    /// tensor is still checked); encoding with a tower left out is an error.
+    pub fn load_towers(
+        path: &Path,
+        device: &Device,
+        dtype: DType,
+        towers: Towers,
+    ) -> Result<ChineseClip> {
+        let ck = crate::weights::load_with(path, towers)?;
         crate::weights::check_complete(&ck)?;
-        ChineseClip::from_tensors(ck.config, ck.tensors, device, dtype)
+        let fingerprint = ck.fingerprint()?;
+        let built = match (ck.has(Towers::Image), ck.has(Towers::Text)) {
+            // A file in transformers' names is read whole: build only what was asked for.
+            (true, true) => towers,
+            (true, false) => Towers::Image,
+            (false, _) => Towers::Text,
+        };
+        ChineseClip::build(ck.config, ck.tensors, fingerprint, built, device, dtype)
     }
 
     /// Builds the model from tensors in canonical (cn_clip state-dict) names, converted to `dtype`
@@ -72,6 +93,18 @@ impl ChineseClip {
         device: &Device,
         dtype: DType,
     ) -> Result<ChineseClip> {
+        let fingerprint = crate::weights::fingerprint(&config, &tensors, &HashMap::new())?;
+        ChineseClip::build(config, tensors, fingerprint, Towers::Both, device, dtype)
+    }
+
+    fn build(
+        config: ClipConfig,
+        tensors: HashMap<String, Tensor>,
+        fingerprint: String,
+        towers: Towers,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<ChineseClip> {
         let logit_scale = tensors
             .get("logit_scale")
             .ok_or_else(|| Error::InvalidInput("tensor logit_scale is missing".into()))?
@@ -79,22 +112,28 @@ impl ChineseClip {
             .flatten_all()?
             .get(0)?
             .to_scalar::<f32>()?;
-        let fingerprint = weights_fingerprint(&config, &tensors)?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
-        let vision = match &config.vision {
-            VisionConfig::Vit(c) => VisionTower::Vit(vit::VisionTransformer::new(
-                vb.pp("visual"),
-                c,
-                config.embed_dim,
-            )?),
-            VisionConfig::Resnet(c) => VisionTower::Resnet(resnet::ModifiedResNet::new(
-                vb.pp("visual"),
-                c,
+        let vision =
+            match (&config.vision, towers) {
+                (_, Towers::Text) => None,
+                (VisionConfig::Vit(c), _) => Some(VisionTower::Vit(vit::VisionTransformer::new(
+                    vb.pp("visual"),
+                    c,
+                    config.embed_dim,
+                )?)),
+                (VisionConfig::Resnet(c), _) => Some(VisionTower::Resnet(
+                    resnet::ModifiedResNet::new(vb.pp("visual"), c, config.embed_dim)?,
+                )),
+            };
+        let text = match towers {
+            Towers::Image => None,
+            _ => Some(bert::TextTransformer::new(
+                vb.pp("bert"),
+                vb.clone(),
+                &config.text,
                 config.embed_dim,
             )?),
         };
-        let text =
-            bert::TextTransformer::new(vb.pp("bert"), vb.clone(), &config.text, config.embed_dim)?;
         Ok(ChineseClip {
             config,
             vision,
@@ -123,12 +162,16 @@ impl ChineseClip {
             )));
         }
         let vision = match &self.vision {
-            VisionTower::Vit(t) => VisionTower::Vit(t.quantize()?),
-            VisionTower::Resnet(t) => VisionTower::Resnet(t.clone()),
+            Some(VisionTower::Vit(t)) => Some(VisionTower::Vit(t.quantize()?)),
+            other => other.clone(),
+        };
+        let text = match &self.text {
+            Some(t) => Some(t.quantize()?),
+            None => None,
         };
         Ok(ChineseClip {
             vision,
-            text: self.text.quantize()?,
+            text,
             quantized: true,
             ..self.clone()
         })
@@ -160,9 +203,10 @@ impl ChineseClip {
     }
 
     /// A short hex digest identifying these weights: SHA-256 over the configuration and, for every
-    /// tensor in name order, its name, shape and first 64 values. Two checkpoints with the same
-    /// fingerprint embed identically; an index records it so vectors of different weights are
-    /// never mixed, even when both are called `ViT-B-16`.
+    /// tensor in name order, its name, shape and first 64 values
+    /// ([`crate::weights::Checkpoint::fingerprint`]; the same when a tower was left out). Two
+    /// checkpoints with the same fingerprint embed identically; an index records it so vectors
+    /// of different weights are never mixed, even when both are called `ViT-B-16`.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
@@ -186,8 +230,11 @@ impl ChineseClip {
                 "image batch has shape [_, {c}, {h}, {w}], the model needs [_, 3, {s}, {s}]"
             )));
         }
+        let vision = self.vision.as_ref().ok_or_else(|| {
+            Error::InvalidInput("this model was loaded without its image tower".into())
+        })?;
         let pixels = pixels.to_device(&self.device)?;
-        Ok(self.vision.forward(&pixels)?.to_dtype(DType::F32)?)
+        Ok(vision.forward(&pixels)?.to_dtype(DType::F32)?)
     }
 
     /// Preprocessed images (each `3·S·S` CHW floats, see [`crate::preprocess`]) → unnormalised
@@ -211,15 +258,18 @@ impl ChineseClip {
 
     /// Token ids `[batch, len]` (u32, 0 = padding) → unnormalised f32 features.
     pub fn encode_token_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        let text = self.text.as_ref().ok_or_else(|| {
+            Error::InvalidInput("this model was loaded without its text tower".into())
+        })?;
         let (_, l) = ids.dims2()?;
-        if l > self.text.max_len() {
+        if l > text.max_len() {
             return Err(Error::InvalidInput(format!(
                 "token sequence of length {l} exceeds the model's {} positions",
-                self.text.max_len()
+                text.max_len()
             )));
         }
         let ids = ids.to_device(&self.device)?;
-        Ok(self.text.forward(&ids)?.to_dtype(DType::F32)?)
+        Ok(text.forward(&ids)?.to_dtype(DType::F32)?)
     }
 
     /// Texts → unnormalised features, tokenized like `cn_clip.clip.tokenize(texts)` (context 52).
@@ -309,32 +359,6 @@ impl ChineseClip {
             .map(|row| softmax(&row))
             .collect())
     }
-}
-
-fn weights_fingerprint(config: &ClipConfig, tensors: &HashMap<String, Tensor>) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(serde_json::to_vec(config).map_err(|e| Error::InvalidInput(e.to_string()))?);
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    for name in names {
-        let t = &tensors[name];
-        h.update(name.as_bytes());
-        for d in t.dims() {
-            h.update((*d as u64).to_le_bytes());
-        }
-        let head = t.flatten_all()?;
-        let n = head.elem_count().min(64);
-        for v in head
-            .narrow(0, 0, n)?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?
-        {
-            h.update(v.to_le_bytes());
-        }
-    }
-    let digest = h.finalize();
-    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Returns `v / ‖v‖` (a zero vector stays zero).

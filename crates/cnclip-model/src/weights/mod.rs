@@ -22,6 +22,13 @@
 //!   [`save_hf`]); otherwise inferred from the shapes, like a `.pt` (a `config.json` beside it is
 //!   not consulted, because a lone file's directory may hold anything).
 //!
+//! [`load_with`] can leave a tower out ([`Towers`]): a process that only encodes queries need not
+//! read the image tower (half of ViT-B-16's 0.75 GB). The left-out tensors are still listed,
+//! shape-checked and fingerprinted from their first values ([`TensorHead`]), so a partial load
+//! has the same configuration and [`Checkpoint::fingerprint`] as a full one; only `.pt` and
+//! safetensors files in cn_clip's names skip the reading, a file in transformers' names is read
+//! whole.
+//!
 //! Every loaded checkpoint has passed [`check_complete`]: no tensor missing, mis-shaped or
 //! unexpected. `bert.pooler.*`, `*.num_batches_tracked` (and transformers' `position_ids`,
 //! `token_type_ids` buffers and text pooler) are dropped without being read.
@@ -53,9 +60,57 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{ClipConfig, VisionConfig};
+use torch::{Loaded, Select};
 
 pub use error::WeightsError;
 pub use names::{check_complete, expected_tensors, infer_config, is_buffer};
+
+/// Values of a tensor that [`Checkpoint::fingerprint`] reads (its first, row-major).
+pub const HEAD_LEN: usize = 64;
+
+/// Which towers [`load_with`] reads in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Towers {
+    /// Both: everything.
+    #[default]
+    Both,
+    /// The text tower (`bert.*`, `text_projection`) and `logit_scale`: enough to encode queries.
+    Text,
+    /// The image tower (`visual.*`) and `logit_scale`.
+    Image,
+}
+
+impl Towers {
+    /// The tower the tensor `name` (cn_clip's name, with or without `module.`) belongs to:
+    /// `Image` or `Text`, or `None` for `logit_scale` (and names that are not cn_clip's).
+    pub fn of(name: &str) -> Option<Towers> {
+        let name = name.strip_prefix("module.").unwrap_or(name);
+        if name.starts_with("visual.") {
+            Some(Towers::Image)
+        } else if name.starts_with("bert.") || name == "text_projection" {
+            Some(Towers::Text)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the tensor `name` belongs to a tower this selection leaves out.
+    pub fn leaves_out(self, name: &str) -> bool {
+        match (self, Towers::of(name)) {
+            (Towers::Text, Some(Towers::Image)) | (Towers::Image, Some(Towers::Text)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A tensor left out by [`Towers`]: its shape and first [`HEAD_LEN`] values, as f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorHead {
+    /// The tensor's shape.
+    pub dims: Vec<usize>,
+    /// Its first `min(HEAD_LEN, numel)` values in row-major order.
+    pub values: Vec<f32>,
+}
 
 /// The metadata key under which [`save_hf`] stores the [`ClipConfig`] JSON in `model.safetensors`.
 pub const METADATA_CONFIG_KEY: &str = "cnclip_config";
@@ -77,8 +132,12 @@ pub enum CheckpointFormat {
 pub struct Checkpoint {
     /// The architecture (read from `config.json` / metadata, or inferred from the shapes).
     pub config: ClipConfig,
-    /// Canonical (cn_clip state-dict) name → f32 CPU tensor; exactly [`expected_tensors`].
+    /// Canonical (cn_clip state-dict) name → f32 CPU tensor; with `left_out`, exactly
+    /// [`expected_tensors`].
     pub tensors: HashMap<String, Tensor>,
+    /// The tensors of a tower [`load_with`] was told to leave out, by canonical name (empty
+    /// after [`load`]).
+    pub left_out: HashMap<String, TensorHead>,
     /// The format the tensors were read from.
     pub format: CheckpointFormat,
     /// The file or directory given to [`load`].
@@ -92,21 +151,91 @@ impl Checkpoint {
         VarBuilder::from_tensors(self.tensors.clone(), dtype, device)
     }
 
-    /// Canonical name → shape.
+    /// Canonical name → shape (left-out tensors included).
     pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
-        names::shapes_of(&self.tensors)
+        all_shapes(&self.tensors, &self.left_out)
     }
+
+    /// Whether every tensor of `tower` (`Image` or `Text`; `Both`: of both) was read.
+    pub fn has(&self, tower: Towers) -> bool {
+        !self
+            .left_out
+            .keys()
+            .any(|k| tower == Towers::Both || Towers::of(k) == Some(tower))
+    }
+
+    /// A short hex digest identifying these weights: SHA-256 over the configuration and, for
+    /// every tensor in name order, its name, shape and first [`HEAD_LEN`] values — the same
+    /// whether or not a tower was left out.
+    pub fn fingerprint(&self) -> Result<String, WeightsError> {
+        fingerprint(&self.config, &self.tensors, &self.left_out)
+    }
+}
+
+fn all_shapes(
+    tensors: &HashMap<String, Tensor>,
+    left_out: &HashMap<String, TensorHead>,
+) -> HashMap<String, Vec<usize>> {
+    let mut shapes = names::shapes_of(tensors);
+    shapes.extend(left_out.iter().map(|(k, h)| (k.clone(), h.dims.clone())));
+    shapes
+}
+
+/// [`Checkpoint::fingerprint`] of a configuration and its tensors, read or left out.
+pub fn fingerprint(
+    config: &ClipConfig,
+    tensors: &HashMap<String, Tensor>,
+    left_out: &HashMap<String, TensorHead>,
+) -> Result<String, WeightsError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(
+        serde_json::to_vec(config).map_err(|e| WeightsError::Config {
+            reason: e.to_string(),
+        })?,
+    );
+    let mut names: Vec<&String> = tensors.keys().chain(left_out.keys()).collect();
+    names.sort();
+    for name in names {
+        let (dims, head) = match tensors.get(name) {
+            Some(t) => {
+                let flat = t.flatten_all()?;
+                let n = flat.elem_count().min(HEAD_LEN);
+                let head = flat
+                    .narrow(0, 0, n)?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?;
+                (t.dims().to_vec(), head)
+            }
+            None => (left_out[name].dims.clone(), left_out[name].values.clone()),
+        };
+        h.update(name.as_bytes());
+        for d in dims {
+            h.update((d as u64).to_le_bytes());
+        }
+        for v in head {
+            h.update(v.to_le_bytes());
+        }
+    }
+    let digest = h.finalize();
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Loads a checkpoint file or directory (format recognised by content, see the module docs),
 /// checks it is complete, and returns it in canonical names.
 pub fn load(path: &Path) -> Result<Checkpoint, WeightsError> {
+    load_with(path, Towers::Both)
+}
+
+/// [`load`], reading in full only the tensors of `towers` (the others go to
+/// [`Checkpoint::left_out`]; see the module docs).
+pub fn load_with(path: &Path, towers: Towers) -> Result<Checkpoint, WeightsError> {
     let meta = fs::metadata(path).map_err(|e| WeightsError::io("cannot open", e).in_file(path))?;
     if meta.is_dir() {
-        return load_dir(path);
+        return load_dir(path, towers);
     }
-    let file = read_file(path, None).map_err(|e| e.in_file(path))?;
-    let config = match file.config {
+    let file = read_file(path, None, towers).map_err(|e| e.in_file(path))?;
+    let config = match file.config.clone() {
         Some(c) => Some(c),
         None if file.hf_names => {
             let beside = path.with_file_name("config.json");
@@ -126,10 +255,10 @@ pub fn load(path: &Path) -> Result<Checkpoint, WeightsError> {
     } else {
         file.format
     };
-    finish(file.tensors, config, format, path)
+    finish(file, config, format, path)
 }
 
-fn load_dir(dir: &Path) -> Result<Checkpoint, WeightsError> {
+fn load_dir(dir: &Path, towers: Towers) -> Result<Checkpoint, WeightsError> {
     let config_path = dir.join("config.json");
     if !config_path.is_file() {
         return Err(WeightsError::UnknownFormat {
@@ -148,13 +277,8 @@ fn load_dir(dir: &Path) -> Result<Checkpoint, WeightsError> {
             }
             .in_file(dir)
         })?;
-    let file = read_file(&weights, Some(&config)).map_err(|e| e.in_file(&weights))?;
-    finish(
-        file.tensors,
-        Some(config),
-        CheckpointFormat::HfDirectory,
-        dir,
-    )
+    let file = read_file(&weights, Some(&config), towers).map_err(|e| e.in_file(&weights))?;
+    finish(file, Some(config), CheckpointFormat::HfDirectory, dir)
 }
 
 fn read_config(path: &Path) -> Result<ClipConfig, WeightsError> {
@@ -171,6 +295,7 @@ fn read_config(path: &Path) -> Result<ClipConfig, WeightsError> {
 
 struct FileTensors {
     tensors: HashMap<String, Tensor>,
+    left_out: HashMap<String, TensorHead>,
     /// Whether the names were transformers' (already converted to canonical).
     hf_names: bool,
     format: CheckpointFormat,
@@ -178,13 +303,22 @@ struct FileTensors {
     config: Option<ClipConfig>,
 }
 
-/// Which stored names to read: everything but the known-ignorable ones.
-fn keep(name: &str) -> bool {
-    let name = name.strip_prefix("module.").unwrap_or(name);
-    !names::is_ignored(name) && !hf::is_ignored(name)
-}
-
-fn read_file(path: &Path, dir_config: Option<&ClipConfig>) -> Result<FileTensors, WeightsError> {
+fn read_file(
+    path: &Path,
+    dir_config: Option<&ClipConfig>,
+    towers: Towers,
+) -> Result<FileTensors, WeightsError> {
+    // Everything but the known-ignorable names, in full unless its tower is left out.
+    let select = |name: &str| {
+        let bare = name.strip_prefix("module.").unwrap_or(name);
+        if names::is_ignored(bare) || hf::is_ignored(bare) {
+            Select::Skip
+        } else if towers.leaves_out(bare) {
+            Select::Head
+        } else {
+            Select::Full
+        }
+    };
     let mut f = fs::File::open(path).map_err(|e| WeightsError::io("cannot open", e))?;
     let mut head = [0u8; 16];
     let n = read_up_to(&mut f, &mut head).map_err(|e| WeightsError::io("cannot read", e))?;
@@ -194,14 +328,14 @@ fn read_file(path: &Path, dir_config: Option<&ClipConfig>) -> Result<FileTensors
 
     let mut config = None;
     let (raw, format) = if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        (torch::read_zip(path, &keep)?, CheckpointFormat::CnClipPt)
+        (torch::read_zip(path, &select)?, CheckpointFormat::CnClipPt)
     } else if head.starts_with(&torch::LEGACY_MAGIC) {
         (
-            torch::read_legacy(&read_all()?, &keep)?,
+            torch::read_legacy(&read_all()?, &select)?,
             CheckpointFormat::CnClipPt,
         )
     } else if st::sniff(head) {
-        let (tensors, metadata) = st::read(&read_all()?, &keep)?;
+        let (tensors, metadata) = st::read(&read_all()?, &select)?;
         if dir_config.is_none() {
             if let Some(json) = metadata.get(METADATA_CONFIG_KEY) {
                 let value = serde_json::from_str(json).map_err(|e| WeightsError::Config {
@@ -223,9 +357,14 @@ fn read_file(path: &Path, dir_config: Option<&ClipConfig>) -> Result<FileTensors
     };
 
     let mut tensors = HashMap::with_capacity(raw.len());
+    let mut left_out = HashMap::new();
     for (name, t) in raw {
         let canonical = name.strip_prefix("module.").unwrap_or(&name).to_owned();
-        if tensors.insert(canonical.clone(), t).is_some() {
+        let twice = match t {
+            Loaded::Full(t) => tensors.insert(canonical.clone(), t).is_some(),
+            Loaded::Head(h) => left_out.insert(canonical.clone(), h).is_some(),
+        };
+        if twice || (tensors.contains_key(&canonical) && left_out.contains_key(&canonical)) {
             return Err(WeightsError::NoStateDict {
                 reason: format!("tensor {canonical} appears twice (with and without module.)"),
             });
@@ -237,6 +376,7 @@ fn read_file(path: &Path, dir_config: Option<&ClipConfig>) -> Result<FileTensors
     }
     Ok(FileTensors {
         tensors,
+        left_out,
         hf_names,
         format,
         config,
@@ -265,18 +405,20 @@ fn looks_like_pickle(head: &[u8]) -> bool {
 }
 
 fn finish(
-    tensors: HashMap<String, Tensor>,
+    file: FileTensors,
     config: Option<ClipConfig>,
     format: CheckpointFormat,
     source: &Path,
 ) -> Result<Checkpoint, WeightsError> {
     let config = match config {
         Some(c) => c,
-        None => infer_config(&names::shapes_of(&tensors)).map_err(|e| e.in_file(source))?,
+        None => infer_config(&all_shapes(&file.tensors, &file.left_out))
+            .map_err(|e| e.in_file(source))?,
     };
     let ck = Checkpoint {
         config,
-        tensors,
+        tensors: file.tensors,
+        left_out: file.left_out,
         format,
         source: source.to_path_buf(),
     };
@@ -297,6 +439,11 @@ fn finish(
 pub fn save_hf(ck: &Checkpoint, dir: &Path) -> Result<(), WeightsError> {
     check_complete(ck)?;
     let wrap = |e: WeightsError| e.in_file(dir);
+    if let Some(name) = ck.left_out.keys().min() {
+        return Err(wrap(WeightsError::Config {
+            reason: format!("cannot save a checkpoint loaded without {name} (a tower left out)"),
+        }));
+    }
     fs::create_dir_all(dir).map_err(|e| wrap(WeightsError::io("cannot create directory", e)))?;
     let (tensors, config_json) = match &ck.config.vision {
         VisionConfig::Vit(_) => (

@@ -152,12 +152,13 @@ fn text_tensors(t: &mut Table, c: &TextConfig) {
     }
 }
 
-/// Checks that `ck.tensors` holds exactly the tensors `ck.config` needs, with the right shapes.
+/// Checks that `ck.tensors` (with `ck.left_out`) holds exactly the tensors `ck.config` needs, with
+/// the right shapes.
 ///
 /// Reports the first missing or mis-shaped tensor in cn_clip's state-dict order, then the first
 /// (alphabetically) unexpected one, as an error naming the checkpoint and the tensor.
 pub fn check_complete(ck: &Checkpoint) -> Result<(), WeightsError> {
-    check_tensors(&ck.config, &shapes_of(&ck.tensors)).map_err(|e| e.in_file(&ck.source))
+    check_tensors(&ck.config, &ck.shapes()).map_err(|e| e.in_file(&ck.source))
 }
 
 pub(crate) fn shapes_of(

@@ -9,7 +9,8 @@ use safetensors::tensor::{Dtype, SafeTensors, View};
 
 use super::error::WeightsError;
 use super::pickle::StorageDType;
-use super::torch::{decode, Tensors};
+use super::torch::{decode, Loaded, Select, Tensors};
+use super::{TensorHead, HEAD_LEN};
 
 fn invalid(reason: String) -> WeightsError {
     WeightsError::Safetensors { reason }
@@ -32,14 +33,15 @@ pub(crate) fn sniff(head: &[u8]) -> bool {
 /// Tensors (names as stored, f32) and the `__metadata__` map.
 pub(crate) fn read(
     bytes: &[u8],
-    keep: &dyn Fn(&str) -> bool,
+    select: &dyn Fn(&str) -> Select,
 ) -> Result<(Tensors, HashMap<String, String>), WeightsError> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| invalid(e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let mut out = Vec::new();
     for (name, view) in st.iter() {
-        if !keep(name) {
+        let sel = select(name);
+        if sel == Select::Skip {
             continue;
         }
         let dt = match view.dtype() {
@@ -54,9 +56,18 @@ pub(crate) fn read(
                 })
             }
         };
-        let values = decode(view.data(), dt, false);
-        let t = Tensor::from_vec(values, view.shape(), &Device::Cpu)?;
-        out.push((name.to_owned(), t));
+        let loaded = if sel == Select::Head {
+            let numel: usize = view.shape().iter().product();
+            let k = numel.min(HEAD_LEN) * dt.size();
+            Loaded::Head(TensorHead {
+                dims: view.shape().to_vec(),
+                values: decode(&view.data()[..k], dt, false),
+            })
+        } else {
+            let values = decode(view.data(), dt, false);
+            Loaded::Full(Tensor::from_vec(values, view.shape(), &Device::Cpu)?)
+        };
+        out.push((name.to_owned(), loaded));
     }
     Ok((out, metadata))
 }

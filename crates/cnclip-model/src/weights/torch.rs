@@ -20,9 +20,28 @@ use rayon::prelude::*;
 
 use super::error::WeightsError;
 use super::pickle::{self, Pickle, StorageDType, TensorRef, Value};
+use super::{TensorHead, HEAD_LEN};
 
-/// What a reader returns: tensors as named in the file, converted to f32.
-pub(crate) type Tensors = Vec<(String, Tensor)>;
+/// What a reader returns: tensors as named in the file, converted to f32 (or only their heads).
+pub(crate) type Tensors = Vec<(String, Loaded)>;
+
+/// How much of a stored tensor a reader materialises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Select {
+    /// Not at all (ignored names, such as `bert.pooler.*`).
+    Skip,
+    /// Its shape and first [`HEAD_LEN`] values only (a tower left out, see `Towers`).
+    Head,
+    /// All of it.
+    Full,
+}
+
+/// One stored tensor, read whole or only its head.
+#[derive(Debug, Clone)]
+pub(crate) enum Loaded {
+    Full(Tensor),
+    Head(TensorHead),
+}
 
 /// The first bytes of a legacy `torch.save` file: protocol 2, `LONG1` of the 10-byte magic
 /// number 0x1950a86a20f9469cfc6c (`torch/serialization.py`, `MAGIC_NUMBER`).
@@ -37,8 +56,13 @@ fn archive(reason: String) -> WeightsError {
     WeightsError::Archive { reason }
 }
 
-/// Reads the state dict of a torch zip checkpoint; `keep(name)` says which entries to materialise.
-pub(crate) fn read_zip(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors, WeightsError> {
+/// Reads the state dict of a torch zip checkpoint; `select(name)` says how much of each entry to
+/// materialise. A storage whose tensors are all [`Select::Head`] is read only as far as their
+/// heads reach.
+pub(crate) fn read_zip(
+    path: &Path,
+    select: &dyn Fn(&str) -> Select,
+) -> Result<Tensors, WeightsError> {
     let file = File::open(path).map_err(|e| WeightsError::io("cannot open", e))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file))
         .map_err(|e| archive(format!("not a readable zip archive ({e})")))?;
@@ -64,7 +88,7 @@ pub(crate) fn read_zip(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tenso
         Err(_) => false,
     };
     let p = pickle::parse(&pkl)?;
-    let groups: Vec<_> = group_by_storage(&p, keep)?.into_iter().collect();
+    let groups: Vec<_> = group_by_storage(&p, select)?.into_iter().collect();
     drop(zip);
     // Storages are read in parallel, each thread with its own handle on the archive: reading,
     // CRC-checking and converting 0.75 GB (ViT-B-16) is most of a one-query process's start-up.
@@ -82,21 +106,29 @@ pub(crate) fn read_zip(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tenso
             |zip, (key, tensors)| {
                 let zip = zip.as_mut().map_err(|e| archive(e.to_string()))?;
                 let entry = format!("{prefix}data/{key}");
-                // The storage's size per the pickle, plus one byte so that a complete read
-                // reaches the entry's end (and its CRC check).
-                let needed = tensors
+                // The storage's size per the pickle.
+                let whole = tensors
                     .iter()
-                    .map(|(_, t)| {
-                        let s = &t.storage;
-                        (s.view_offset as u64 + s.numel as u64)
-                            .saturating_mul(s.dtype.size() as u64)
-                    })
+                    .map(|(_, t, _)| storage_bytes(t))
                     .max()
                     .unwrap_or(0);
-                let bytes = read_entry(zip, &entry, needed.saturating_add(1))?;
+                let bytes = if tensors.iter().all(|(_, _, sel)| *sel == Select::Head) {
+                    let reach = tensors.iter().map(|(_, t, _)| head_reach(t)).max();
+                    read_entry_prefix(zip, &entry, reach.unwrap_or(0), whole)?
+                } else {
+                    // One byte more, so that a complete read reaches the entry's end (and its
+                    // CRC check).
+                    read_entry(zip, &entry, whole.saturating_add(1))?
+                };
                 tensors
                     .iter()
-                    .map(|(name, t)| Ok((name.clone(), materialize(name, &bytes, t, big_endian)?)))
+                    .map(|(name, t, sel)| {
+                        let loaded = match sel {
+                            Select::Head => Loaded::Head(head_of(name, &bytes, t, big_endian)?),
+                            _ => Loaded::Full(materialize(name, &bytes, t, big_endian)?),
+                        };
+                        Ok((name.clone(), loaded))
+                    })
                     .collect()
             },
         )
@@ -106,6 +138,54 @@ pub(crate) fn read_zip(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tenso
         out.extend(chunk?);
     }
     Ok(out)
+}
+
+/// Bytes of the storage `t` views, per the pickle.
+fn storage_bytes(t: &TensorRef) -> u64 {
+    let s = &t.storage;
+    (s.view_offset as u64 + s.numel as u64).saturating_mul(s.dtype.size() as u64)
+}
+
+/// Bytes of its storage that [`head_of`] needs for `t`: up to its first [`HEAD_LEN`] elements
+/// when they are consecutive (a row-major view), else the whole storage.
+fn head_reach(t: &TensorRef) -> u64 {
+    if !is_row_major(&t.size, &t.stride) {
+        return storage_bytes(t);
+    }
+    let numel = t.size.iter().fold(1u64, |a, &s| a.saturating_mul(s as u64));
+    let s = &t.storage;
+    (s.view_offset as u64)
+        .saturating_add(t.offset as u64)
+        .saturating_add(numel.min(HEAD_LEN as u64))
+        .saturating_mul(s.dtype.size() as u64)
+        .min(storage_bytes(t))
+}
+
+/// Reads the first `n` bytes of an entry whose full size must be `whole` (what the pickle says),
+/// without reading the rest (so without its CRC check).
+fn read_entry_prefix<R: Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+    n: u64,
+    whole: u64,
+) -> Result<Vec<u8>, WeightsError> {
+    let f = zip
+        .by_name(name)
+        .map_err(|e| archive(format!("entry {name}: {e}")))?;
+    if f.size() != whole {
+        return Err(archive(format!(
+            "entry {name} holds {} bytes, the pickle says {whole}",
+            f.size()
+        )));
+    }
+    let mut buf = Vec::with_capacity(n.min(whole) as usize);
+    f.take(n)
+        .read_to_end(&mut buf)
+        .map_err(|e| archive(format!("cannot read entry {name}: {e}")))?;
+    if (buf.len() as u64) < n.min(whole) {
+        return Err(archive(format!("entry {name} is shorter than it says")));
+    }
+    Ok(buf)
 }
 
 /// Reads at most `limit` bytes of an entry. Memory grows with the bytes actually read, so a
@@ -132,7 +212,7 @@ fn read_entry<R: Read + std::io::Seek>(
 /// Reads a legacy (pre-zip) `torch.save` stream held in memory.
 pub(crate) fn read_legacy(
     bytes: &[u8],
-    keep: &dyn Fn(&str) -> bool,
+    select: &dyn Fn(&str) -> Select,
 ) -> Result<Tensors, WeightsError> {
     let mut pos = 0;
     let mut next = |what: &str| -> Result<Pickle, WeightsError> {
@@ -160,7 +240,7 @@ pub(crate) fn read_legacy(
     };
     let main = next("state dict")?;
     let keys = next("storage keys")?;
-    let groups = group_by_storage(&main, keep)?;
+    let groups = group_by_storage(&main, select)?;
     // Element type of every storage (kept or not), to step over the ones we skip.
     let dtypes: HashMap<&str, StorageDType> = main
         .values
@@ -208,8 +288,12 @@ pub(crate) fn read_legacy(
         let bytes = data
             .get(&key)
             .ok_or_else(|| archive(format!("storage {key} is missing from the file")))?;
-        for (name, t) in tensors {
-            out.push((name.clone(), materialize(&name, bytes, &t, big_endian)?));
+        for (name, t, sel) in tensors {
+            let loaded = match sel {
+                Select::Head => Loaded::Head(head_of(&name, bytes, &t, big_endian)?),
+                _ => Loaded::Full(materialize(&name, bytes, &t, big_endian)?),
+            };
+            out.push((name, loaded));
         }
     }
     Ok(out)
@@ -230,19 +314,22 @@ pub(crate) fn read_bare_pickle(bytes: &[u8]) -> Result<Tensors, WeightsError> {
     })
 }
 
-/// The state dict's tensors, grouped by storage key (so each storage is read once).
+/// The state dict's selected tensors, grouped by storage key (so each storage is read once).
+type StorageGroups = BTreeMap<String, Vec<(String, TensorRef, Select)>>;
+
 fn group_by_storage(
     p: &Pickle,
-    keep: &dyn Fn(&str) -> bool,
-) -> Result<BTreeMap<String, Vec<(String, TensorRef)>>, WeightsError> {
+    select: &dyn Fn(&str) -> Select,
+) -> Result<StorageGroups, WeightsError> {
     let entries = state_dict_entries(p)?;
-    let mut groups: BTreeMap<String, Vec<(String, TensorRef)>> = BTreeMap::new();
+    let mut groups = StorageGroups::new();
     for (name, t) in entries {
-        if keep(&name) {
+        let sel = select(&name);
+        if sel != Select::Skip {
             groups
                 .entry(t.storage.key.clone())
                 .or_default()
-                .push((name, t));
+                .push((name, t, sel));
         }
     }
     Ok(groups)
@@ -304,29 +391,46 @@ fn state_dict_entries(p: &Pickle) -> Result<Vec<(String, TensorRef)>, WeightsErr
     Ok(out)
 }
 
-/// Decodes a strided view of a raw storage into an f32 tensor.
-fn materialize(
+/// The shape and first [`HEAD_LEN`] values (row-major) of the strided view `t`; `bytes` must reach
+/// at least [`head_reach`] of its storage.
+fn head_of(
     name: &str,
     bytes: &[u8],
     t: &TensorRef,
     big_endian: bool,
-) -> Result<Tensor, WeightsError> {
+) -> Result<TensorHead, WeightsError> {
+    let first = if is_row_major(&t.size, &t.stride) {
+        let dt = t.storage.dtype;
+        let (numel, _) = view_extent(name, t)?;
+        let k = numel.min(HEAD_LEN);
+        let start = (t.storage.view_offset + t.offset) * dt.size();
+        let Some(raw) = bytes.get(start..start + k * dt.size()) else {
+            return Err(archive(format!(
+                "storage {} of tensor {name} is shorter than the pickle says",
+                t.storage.key
+            )));
+        };
+        decode(raw, dt, big_endian)
+    } else {
+        let full = materialize(name, bytes, t, big_endian)?.flatten_all()?;
+        let k = full.elem_count().min(HEAD_LEN);
+        full.narrow(0, 0, k)?.to_vec1()?
+    };
+    Ok(TensorHead {
+        dims: t.size.clone(),
+        values: first,
+    })
+}
+
+/// Elements of the view `t` and the storage elements it spans (1 + Σ (size_i − 1)·stride_i; 0
+/// when empty), checked against its storage, and its dtype checked to be a float.
+fn view_extent(name: &str, t: &TensorRef) -> Result<(usize, usize), WeightsError> {
     let dt = t.storage.dtype;
     if !dt.is_float() {
         return Err(WeightsError::DType {
             name: name.to_owned(),
             dtype: dt.name().to_owned(),
         });
-    }
-    let es = dt.size();
-    let available = bytes.len() / es;
-    let base = t.storage.view_offset;
-    if base.saturating_add(t.storage.numel) > available {
-        return Err(archive(format!(
-            "storage {} of tensor {name} holds {available} elements, the pickle says {}",
-            t.storage.key,
-            base.saturating_add(t.storage.numel)
-        )));
     }
     let numel = t
         .size
@@ -340,9 +444,8 @@ fn materialize(
             ))
         })?;
     if numel == 0 {
-        return Ok(Tensor::zeros(t.size.as_slice(), DType::F32, &Device::Cpu)?);
+        return Ok((0, 0));
     }
-    // Elements spanned by the view: 1 + Σ (size_i − 1)·stride_i.
     let span = t
         .size
         .iter()
@@ -350,14 +453,43 @@ fn materialize(
         .try_fold(1usize, |acc, (&s, &st)| {
             acc.checked_add((s - 1).checked_mul(st)?)
         });
-    let end = span.and_then(|s| s.checked_add(t.offset));
-    if end.is_none_or(|e| e > t.storage.numel) {
-        return Err(archive(format!(
+    match span {
+        Some(span)
+            if span
+                .checked_add(t.offset)
+                .is_some_and(|e| e <= t.storage.numel) =>
+        {
+            Ok((numel, span))
+        }
+        _ => Err(archive(format!(
             "tensor {name} reaches past the end of its storage {}",
             t.storage.key
+        ))),
+    }
+}
+
+/// Decodes a strided view of a raw storage into an f32 tensor.
+fn materialize(
+    name: &str,
+    bytes: &[u8],
+    t: &TensorRef,
+    big_endian: bool,
+) -> Result<Tensor, WeightsError> {
+    let (numel, span) = view_extent(name, t)?;
+    let dt = t.storage.dtype;
+    let es = dt.size();
+    let available = bytes.len() / es;
+    let base = t.storage.view_offset;
+    if base.saturating_add(t.storage.numel) > available {
+        return Err(archive(format!(
+            "storage {} of tensor {name} holds {available} elements, the pickle says {}",
+            t.storage.key,
+            base.saturating_add(t.storage.numel)
         )));
     }
-    let span = span.unwrap_or(0);
+    if numel == 0 {
+        return Ok(Tensor::zeros(t.size.as_slice(), DType::F32, &Device::Cpu)?);
+    }
     let start = (base + t.offset) * es;
     let values = decode(&bytes[start..start + span * es], dt, big_endian);
     let data = if is_row_major(&t.size, &t.stride) {
