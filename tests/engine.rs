@@ -452,17 +452,37 @@ fn spawn_build(photos: &Path, index: &Path, model_name: &str) -> Child {
 fn kill_9_during_build_loses_nothing_committed() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
-    let n = 120;
+    let n = 200;
     make_corpus(&photos, n, 160);
     let index = tmp.path().join("index");
+    let log_len = || {
+        std::fs::metadata(index.join("reader.log"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
     let mut last = 0u64;
     let mut kills = 0;
     for round in 0..12u64 {
+        // Kill points that do not depend on the machine's speed: in every third round at a
+        // fixed early time (while the model loads or the first batch runs), otherwise as soon as
+        // this run has committed a batch (the reader log grew), with the next batch in flight.
+        let before = log_len();
+        let early = Duration::from_millis(10 + round * 15);
         let mut child = spawn_build(&photos, &index, "vit336_tiny.pt");
-        std::thread::sleep(Duration::from_millis(150 + (round * 97) % 600));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            let due = if round % 3 == 0 {
+                started.elapsed() >= early
+            } else {
+                log_len() > before
+            };
+            if due {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(300), "build hangs");
+            std::thread::sleep(Duration::from_millis(1));
         }
         child.wait().unwrap();
         if !index.join("db").exists() {

@@ -34,11 +34,7 @@ impl Layer {
         let att = vb.pp("attention");
         let sa = att.pp("self");
         // q, k and v read the same input: one GEMM instead of three.
-        let qkv = Linear::fuse(&[
-            Linear::new(sa.pp("query"), h, h)?,
-            Linear::new(sa.pp("key"), h, h)?,
-            Linear::new(sa.pp("value"), h, h)?,
-        ])?;
+        let qkv = Linear::stacked(sa, &["query", "key", "value"], h, h)?;
         Ok(Layer {
             qkv,
             attn_out: Linear::new(att.pp("output").pp("dense"), h, h)?,

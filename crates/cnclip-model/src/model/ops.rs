@@ -1,5 +1,6 @@
-//! Building blocks shared by the towers: linear layers on pre-transposed weights, LayerNorm,
-//! QuickGELU and scaled-dot-product attention.
+//! Building blocks shared by the towers: linear layers (f32 weights in GEMM panels,
+//! [`super::panels`], or 8 bits, [`super::q8`]), LayerNorm, QuickGELU and scaled-dot-product
+//! attention.
 //!
 //! Why our own LayerNorm: candle-nn's fused kernel computes the variance as `E[x²] − E[x]²` in f32,
 //! which cancels badly when the mean is large against the spread (BERT's embeddings); PyTorch uses a
@@ -15,15 +16,15 @@ use candle_core::{
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::panels::Panels;
 use super::q8::QLinear;
 
 /// A dense layer `y = x·Wᵀ + b` over the whole flattened batch (one GEMM), with `W` as loaded or
 /// (after [`Linear::quantize`]) in 8 bits.
 ///
-/// `Wᵀ` is stored contiguous (`[in, out]`): the GEMM packs its right operand on every call, and
-/// packing from that layout is much cheaper than from `[out, in]` when few rows come in (a text
-/// query, one image). The transpose at load time is a cache-blocked one ([`transpose_f32`]), not
-/// candle's element-by-element strided copy, which cost more than reading the checkpoint.
+/// f32 CPU weights are packed at load time into column panels of `Wᵀ` ([`Panels`]), which the
+/// GEMM streams from memory without packing them again; other weights (a GPU, half precision)
+/// are kept as `Wᵀ`, `[in, out]`, for candle's matmul.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Weight,
@@ -32,8 +33,10 @@ pub struct Linear {
 
 #[derive(Debug, Clone)]
 enum Weight {
-    /// `Wᵀ`, `[in, out]`, contiguous, in the model dtype.
+    /// `Wᵀ`, `[in, out]`, contiguous, in the model dtype (not CPU f32).
     Dense(Tensor),
+    /// CPU f32 weights in GEMM panels.
+    Panels(Arc<Panels>),
     /// `W` in 8 bits per weight with per-channel scales ([`super::q8`]); CPU f32 only.
     Q8(Arc<QLinear>),
 }
@@ -59,41 +62,97 @@ impl Linear {
         Linear::from_weight(&weight, Some(bias))
     }
 
+    /// Layers `{prefix}.weight` / `{prefix}.bias` for each of `prefixes` (each `[out, in]`), read
+    /// as one layer with their outputs side by side: q, k and v in one GEMM.
+    pub fn stacked(
+        vb: VarBuilder,
+        prefixes: &[&str],
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Linear> {
+        let weights = prefixes
+            .iter()
+            .map(|p| vb.pp(*p).get((out_dim, in_dim), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        let biases = prefixes
+            .iter()
+            .map(|p| vb.pp(*p).get(out_dim, "bias"))
+            .collect::<Result<Vec<_>>>()?;
+        let weights: Vec<&Tensor> = weights.iter().collect();
+        Linear::from_weights(&weights, Some(Tensor::cat(&biases, 0)?))
+    }
+
     /// Builds a layer from a `[out, in]` weight and an optional `[out]` bias.
     pub fn from_weight(weight: &Tensor, bias: Option<Tensor>) -> Result<Linear> {
-        Linear::from_weight_t(weight.t()?, bias)
+        Linear::from_weights(&[weight], bias)
+    }
+
+    /// One layer from several `[out_i, in]` weights that read the same input (q, k and v),
+    /// their outputs side by side; `bias` is theirs concatenated. Call it before
+    /// [`Linear::quantize`].
+    pub fn from_weights(weights: &[&Tensor], bias: Option<Tensor>) -> Result<Linear> {
+        let Some(first) = weights.first() else {
+            candle_core::bail!("a linear layer needs a weight");
+        };
+        let in_dim = first.dim(1)?;
+        if !is_f32_cpu(first) {
+            let parts = weights.iter().map(|w| w.t()).collect::<Result<Vec<_>>>()?;
+            return Ok(Linear {
+                weight: Weight::Dense(Tensor::cat(&parts, 1)?.contiguous()?),
+                bias,
+            });
+        }
+        let weights = weights
+            .iter()
+            .map(|w| w.contiguous())
+            .collect::<Result<Vec<_>>>()?;
+        let guards: Vec<_> = weights.iter().map(Tensor::storage_and_layout).collect();
+        let mut parts: Vec<(usize, &[f32])> = Vec::with_capacity(guards.len());
+        for (w, (storage, layout)) in weights.iter().zip(&guards) {
+            let (Storage::Cpu(CpuStorage::F32(v)), (_, k)) = (&**storage, w.dims2()?) else {
+                candle_core::bail!("linear weights must all be f32 CPU matrices");
+            };
+            if k != in_dim {
+                candle_core::bail!("stacked linear weights read {k} and {in_dim} inputs");
+            }
+            parts.push((w.dim(0)?, contiguous_slice(v, layout)?));
+        }
+        let out_dim = parts.iter().map(|(rows, _)| rows).sum();
+        let row = |mut o: usize| -> &[f32] {
+            for (rows, data) in &parts {
+                if o < *rows {
+                    return &data[o * in_dim..(o + 1) * in_dim];
+                }
+                o -= rows;
+            }
+            unreachable!("row {o} past the stacked weights")
+        };
+        Ok(Linear {
+            weight: Weight::Panels(Arc::new(Panels::from_rows(in_dim, out_dim, &row))),
+            bias,
+        })
     }
 
     /// Builds a layer from a weight already in `[in, out]` layout (cn_clip's `proj` and
     /// `text_projection` parameters are used as `x @ P`).
     pub fn from_weight_t(weight_t: Tensor, bias: Option<Tensor>) -> Result<Linear> {
-        Ok(Linear {
-            weight: Weight::Dense(contiguous_fast(&weight_t)?),
-            bias,
-        })
-    }
-
-    /// Concatenates layers that read the same input (q, k, v) into one wider layer. Call it before
-    /// [`Linear::quantize`].
-    pub fn fuse(parts: &[Linear]) -> Result<Linear> {
-        let ws = parts
-            .iter()
-            .map(|l| match &l.weight {
-                Weight::Dense(w_t) => Ok(w_t),
-                Weight::Q8(_) => candle_core::bail!("cannot fuse quantized layers"),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let weight_t = Tensor::cat(&ws, 1)?;
-        let bias = match parts
-            .iter()
-            .map(|l| l.bias.clone())
-            .collect::<Option<Vec<_>>>()
-        {
-            Some(bs) => Some(Tensor::cat(&bs, 0)?),
-            None => None,
+        if !is_f32_cpu(&weight_t) {
+            return Ok(Linear {
+                weight: Weight::Dense(weight_t.contiguous()?),
+                bias,
+            });
+        }
+        if !weight_t.is_contiguous() {
+            return Linear::from_weight(&weight_t.t()?, bias);
+        }
+        let (in_dim, out_dim) = weight_t.dims2()?;
+        let (storage, layout) = weight_t.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+            candle_core::bail!("linear weight must be an f32 CPU matrix");
         };
+        let panels = Panels::from_transposed(contiguous_slice(v, layout)?, in_dim, out_dim);
         Ok(Linear {
-            weight: Weight::Dense(weight_t),
+            weight: Weight::Panels(Arc::new(panels)),
             bias,
         })
     }
@@ -102,6 +161,7 @@ impl Linear {
     pub fn out_dim(&self) -> usize {
         match &self.weight {
             Weight::Dense(w) => w.dims()[1],
+            Weight::Panels(p) => p.out_dim(),
             Weight::Q8(q) => q.out_dim(),
         }
     }
@@ -110,15 +170,14 @@ impl Linear {
     /// the fly and products summed in integers. The bias stays f32. Only f32 CPU weights can be
     /// quantized.
     pub fn quantize(&self) -> Result<Linear> {
-        let Weight::Dense(w_t) = &self.weight else {
-            return Ok(self.clone());
+        let p = match &self.weight {
+            Weight::Panels(p) => p,
+            Weight::Q8(_) => return Ok(self.clone()),
+            Weight::Dense(_) => candle_core::bail!("only f32 CPU layers can be quantized"),
         };
-        let (in_dim, out_dim) = w_t.dims2()?;
-        let Some(w) = transposed_f32(w_t)? else {
-            candle_core::bail!("only f32 CPU layers can be quantized");
-        };
+        let q = QLinear::new(&p.to_rows(), p.out_dim(), p.in_dim());
         Ok(Linear {
-            weight: Weight::Q8(Arc::new(QLinear::new(&w, out_dim, in_dim))),
+            weight: Weight::Q8(Arc::new(q)),
             bias: self.bias.clone(),
         })
     }
@@ -131,12 +190,12 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let fast = x.device().is_cpu() && x.dtype() == DType::F32 && epilogue_is_f32_cpu(epilogue);
+        let fast = is_f32_cpu(x) && epilogue_is_f32_cpu(epilogue);
         let y = match (&self.weight, &self.bias) {
+            (Weight::Q8(_) | Weight::Panels(_), _) if !fast => {
+                candle_core::bail!("f32 CPU layers take f32 CPU inputs (and residuals)")
+            }
             (Weight::Q8(q), bias) => {
-                if !fast {
-                    candle_core::bail!("8-bit layers run on f32 CPU tensors only");
-                }
                 let op = Q8Op {
                     layer: q,
                     bias: bias.as_ref(),
@@ -144,9 +203,14 @@ impl Linear {
                 };
                 x2.contiguous()?.apply_op1_no_bwd(&op)?
             }
-            (Weight::Dense(w_t), Some(b)) if fast && b.dtype() == DType::F32 => x2
-                .contiguous()?
-                .apply_op3_no_bwd(w_t, b, &DenseOp { epilogue })?,
+            (Weight::Panels(p), bias) => {
+                let op = PanelOp {
+                    panels: p,
+                    bias: bias.as_ref(),
+                    epilogue,
+                };
+                x2.contiguous()?.apply_op1_no_bwd(&op)?
+            }
             (Weight::Dense(w_t), bias) => {
                 let y = x2.matmul(w_t)?;
                 match bias {
@@ -169,66 +233,9 @@ impl Module for Linear {
     }
 }
 
-/// `t` in contiguous layout; a CPU f32 matrix stored transposed goes through [`transpose_f32`].
-fn contiguous_fast(t: &Tensor) -> Result<Tensor> {
-    if t.is_contiguous() || t.rank() != 2 {
-        return t.contiguous();
-    }
-    match transposed_f32(&t.t()?)? {
-        Some(data) => Tensor::from_vec(data, t.dims2()?, t.device()),
-        None => t.contiguous(),
-    }
-}
-
-/// The transpose of a contiguous CPU f32 matrix, read in place (no intermediate copy of the
-/// whole matrix) through [`transpose_f32`]; `None` for any other tensor.
-fn transposed_f32(t: &Tensor) -> Result<Option<Vec<f32>>> {
-    if !t.is_contiguous() || t.rank() != 2 {
-        return Ok(None);
-    }
-    let (rows, cols) = t.dims2()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
-        return Ok(None);
-    };
-    Ok(Some(transpose_f32(
-        contiguous_slice(v, layout)?,
-        rows,
-        cols,
-    )))
-}
-
-/// Transposes a row-major `[rows, cols]` matrix into `[cols, rows]`, in 32×32 tiles (both sides
-/// stay in cache) and in parallel over output row bands.
-pub fn transpose_f32(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    assert_eq!(
-        src.len(),
-        rows * cols,
-        "transpose: {rows}×{cols} from {} values",
-        src.len()
-    );
-    let mut dst = vec![0f32; rows * cols];
-    if rows == 0 || cols == 0 {
-        return dst;
-    }
-    dst.par_chunks_mut(TILE * rows)
-        .enumerate()
-        .for_each(|(band, out)| {
-            // Output rows c0..c1 (input columns), filled one 32-wide stretch at a time: the 32
-            // input rows read for a stretch stay in L1 for the next 31 output rows.
-            let c0 = band * TILE;
-            for r0 in (0..rows).step_by(TILE) {
-                let r1 = (r0 + TILE).min(rows);
-                for (i, orow) in out.chunks_exact_mut(rows).enumerate() {
-                    let c = c0 + i;
-                    for (o, r) in orow[r0..r1].iter_mut().zip(r0..r1) {
-                        *o = src[r * cols + c];
-                    }
-                }
-            }
-        });
-    dst
+/// Whether `t` is an f32 tensor on the CPU (what the CPU kernels take).
+fn is_f32_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
 }
 
 /// Whether the CPU kernels can apply `epilogue` (a residual must be a contiguous f32 CPU tensor).
@@ -254,22 +261,6 @@ fn generic_epilogue(y: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
 
 /// Rows per rayon task in the element-wise passes: enough work to amortise the task.
 const ROWS_PER_TASK: usize = 8;
-
-/// Runs `epilogue` over the `[rows, n]` output in place.
-fn apply_epilogue(out: &mut [f32], n: usize, epilogue: Epilogue) -> Result<()> {
-    if matches!(epilogue, Epilogue::None) {
-        return Ok(());
-    }
-    with_residual(epilogue, out.len(), |residual| {
-        out.par_chunks_mut(n * ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(i, block)| {
-                for (r, row) in block.chunks_exact_mut(n).enumerate() {
-                    finish_row(epilogue, residual, n, i * ROWS_PER_TASK + r, 0, row);
-                }
-            });
-    })
-}
 
 /// Runs `f` with the residual's values (when `epilogue` adds one), checked to hold `len` values.
 fn with_residual<T>(
@@ -368,84 +359,55 @@ fn gelu_erf_f32(v: f32) -> f32 {
     (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
 }
 
-/// CPU f32 `x·Wᵀ + b` + epilogue: the bias rows are written into the output, the GEMM accumulates
-/// onto them (`dst = dst + x·Wᵀ`, as PyTorch's `addmm` does), then the epilogue runs in place.
-struct DenseOp<'a> {
+/// CPU f32 `x·Wᵀ + b` + epilogue on panelled weights: the bias rows are written into the output,
+/// the GEMM accumulates onto them (`dst = dst + x·Wᵀ`, as PyTorch's `addmm` does), and the
+/// epilogue runs on each panel's stretch of a row right after the panel's GEMM.
+struct PanelOp<'a> {
+    panels: &'a Panels,
+    bias: Option<&'a Tensor>,
     epilogue: Epilogue<'a>,
 }
 
-impl CustomOp3 for DenseOp<'_> {
+impl CustomOp1 for PanelOp<'_> {
     fn name(&self) -> &'static str {
         "cnclip-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = s else {
             candle_core::bail!("linear kernel is f32 only");
         };
-        let (x, b) = (contiguous_slice(x, l1)?, contiguous_slice(b, l3)?);
-        let (m, k) = l1.shape().dims2()?;
-        let (k2, n) = l2.shape().dims2()?;
-        if k != k2 || b.len() != n {
+        let x = contiguous_slice(x, l)?;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.panels.out_dim();
+        if k != self.panels.in_dim() {
             candle_core::bail!(
-                "linear: input [{m}, {k}], weight [{k2}, {n}], bias [{}]",
-                b.len()
+                "linear: input [{m}, {k}], layer input {}",
+                self.panels.in_dim()
             );
         }
-        // Wᵀ through its strides: element (i, j) at offset + i·rs + j·cs.
-        let (offset, rs, cs) = (l2.start_offset(), l2.stride()[0], l2.stride()[1]);
-        let last = offset + (k.max(1) - 1) * rs + (n.max(1) - 1) * cs;
-        if k == 0 || n == 0 || last >= w.len() {
-            candle_core::bail!("linear: weight layout {l2:?} outside its storage");
-        }
-        let w = &w[offset..];
         let mut out = vec![0f32; m * n];
-        out.par_chunks_mut(n * ROWS_PER_TASK).for_each(|block| {
-            block
-                .chunks_exact_mut(n)
-                .for_each(|row| row.copy_from_slice(b))
-        });
-        let threads = rayon::current_num_threads();
-        #[allow(unsafe_code)]
-        // SAFETY: dst is m×n row-major inside `out`, lhs m×k row-major inside `x` (contiguous
-        // layouts, dims checked above), and every rhs element (i, j) lies at i·rs + j·cs ≤
-        // `last − offset` < `w.len()` (checked above).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                cs as isize,
-                rs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                },
-            );
+        if let Some(b) = self.bias {
+            let (storage, layout) = b.storage_and_layout();
+            let Storage::Cpu(CpuStorage::F32(b)) = &*storage else {
+                candle_core::bail!("linear bias must be an f32 CPU tensor");
+            };
+            let b = contiguous_slice(b, layout)?;
+            if b.len() != n {
+                candle_core::bail!("linear: bias [{}] for {n} outputs", b.len());
+            }
+            out.par_chunks_mut(n * ROWS_PER_TASK).for_each(|block| {
+                block
+                    .chunks_exact_mut(n)
+                    .for_each(|row| row.copy_from_slice(b))
+            });
         }
-        apply_epilogue(&mut out, n, self.epilogue)?;
+        let epilogue = self.epilogue;
+        with_residual(epilogue, m * n, |residual| {
+            self.panels.matmul_then(x, &mut out, &|row, col, values| {
+                finish_row(epilogue, residual, n, row, col, values)
+            })
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -725,10 +687,12 @@ struct FusedAttention {
     queries: usize,
 }
 
-/// A raw output pointer shared by the attention tasks; each task writes a disjoint set of elements.
+/// A raw output pointer shared by parallel tasks (attention heads, GEMM panels, int8 column
+/// stripes), each of which writes a disjoint set of the output's elements; the disjointness is
+/// argued where it is used.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the pointer is only used to write elements that no other task touches (see `run`).
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: the pointer is only used to write elements that no other task touches.
 #[allow(unsafe_code)]
 unsafe impl Send for OutPtr {}
 #[allow(unsafe_code)]
@@ -736,7 +700,7 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// Read through a method so closures capture the whole (Send) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -898,19 +862,6 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blocked_transpose_matches_naive() {
-        for (rows, cols) in [(1, 1), (3, 70), (64, 33), (100, 100)] {
-            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-            let t = transpose_f32(&src, rows, cols);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(t[c * rows + r], src[r * cols + c]);
-                }
-            }
-        }
-    }
 
     /// The vectorizable `exp` is within 2 ulp of the exact value over the whole normal range,
     /// and exactly 0 below it (masked attention scores must vanish).

@@ -19,6 +19,8 @@
 
 use rayon::prelude::*;
 
+use super::ops::OutPtr;
+
 /// Inputs per activation-scale block.
 pub const BLOCK: usize = 128;
 /// Output columns per packed stripe: two 512-bit vectors of 16 i32 lanes.
@@ -134,7 +136,7 @@ impl QLinear {
         );
         let a = quantize_rows(x, self.in_dim, self.k_pad);
         let stripes = self.out_dim.div_ceil(NR);
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        let out_ptr = OutPtr(out.as_mut_ptr());
         let n = self.out_dim;
         (0..stripes).into_par_iter().for_each(|stripe| {
             let mut tile = [[0f32; NR]; MR];
@@ -159,21 +161,6 @@ impl QLinear {
                 }
             }
         });
-    }
-}
-
-/// The output pointer shared by the stripe tasks (each writes disjoint columns).
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements through it (see `matmul_with`).
-#[allow(unsafe_code)]
-unsafe impl Send for SharedOut {}
-#[allow(unsafe_code)]
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

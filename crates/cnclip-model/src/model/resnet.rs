@@ -133,10 +133,7 @@ impl AttentionPool {
         Ok(AttentionPool {
             positional_embedding: vb.get((spacial * spacial + 1, dim), "positional_embedding")?,
             q: Linear::new(vb.pp("q_proj"), dim, dim)?,
-            kv: Linear::fuse(&[
-                Linear::new(vb.pp("k_proj"), dim, dim)?,
-                Linear::new(vb.pp("v_proj"), dim, dim)?,
-            ])?,
+            kv: Linear::stacked(vb.clone(), &["k_proj", "v_proj"], dim, dim)?,
             c: Linear::new(vb.pp("c_proj"), dim, out)?,
             heads,
         })

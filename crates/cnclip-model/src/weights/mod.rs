@@ -96,10 +96,10 @@ impl Towers {
 
     /// Whether the tensor `name` belongs to a tower this selection leaves out.
     pub fn leaves_out(self, name: &str) -> bool {
-        match (self, Towers::of(name)) {
-            (Towers::Text, Some(Towers::Image)) | (Towers::Image, Some(Towers::Text)) => true,
-            _ => false,
-        }
+        matches!(
+            (self, Towers::of(name)),
+            (Towers::Text, Some(Towers::Image)) | (Towers::Image, Some(Towers::Text))
+        )
     }
 }
 
