@@ -284,26 +284,58 @@ fn with_residual<T>(
     }
 }
 
-/// The epilogue on `values`, output row `row` from column `col` of an `n`-wide output.
-#[inline]
-fn finish_row(
-    epilogue: Epilogue,
-    residual: Option<&[f32]>,
-    n: usize,
-    row: usize,
-    col: usize,
-    values: &mut [f32],
-) {
-    match epilogue {
-        Epilogue::None => {}
-        Epilogue::QuickGelu => values.iter_mut().for_each(|y| *y = quick_gelu_f32(*y)),
-        Epilogue::GeluErf => values.iter_mut().for_each(|y| *y = gelu_erf_f32(*y)),
-        Epilogue::Residual(_) => {
-            let start = row * n + col;
-            let res =
-                &residual.expect("residual checked by with_residual")[start..start + values.len()];
-            // cn_clip / BERT: `x + layer(y)`; addition commutes exactly in IEEE.
-            values.iter_mut().zip(res).for_each(|(y, &x)| *y += x);
+simd_fn! {
+    /// The epilogue on `values`, output row `row` from column `col` of an `n`-wide output.
+    fn finish_row(
+        epilogue: Epilogue<'_>,
+        residual: Option<&[f32]>,
+        n: usize,
+        row: usize,
+        col: usize,
+        values: &mut [f32]
+    ) {
+        match epilogue {
+            Epilogue::None => {}
+            Epilogue::QuickGelu => values.iter_mut().for_each(|y| *y = quick_gelu_f32(*y)),
+            Epilogue::GeluErf => values.iter_mut().for_each(|y| *y = gelu_erf_f32(*y)),
+            Epilogue::Residual(_) => {
+                let start = row * n + col;
+                let res = &residual.expect("residual checked by with_residual")
+                    [start..start + values.len()];
+                // cn_clip / BERT: `x + layer(y)`; addition commutes exactly in IEEE.
+                values.iter_mut().zip(res).for_each(|(y, &x)| *y += x);
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// Softmax of each `l`-wide row of `scores` in place, after adding the key mask.
+    fn softmax_rows(scores: &mut [f32], l: usize, mask: Option<&[f32]>) {
+        for row in scores.chunks_exact_mut(l) {
+            if let Some(m) = mask {
+                for (s, &mv) in row.iter_mut().zip(m) {
+                    *s += mv;
+                }
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            row.iter_mut().for_each(|s| *s = exp_f32(*s - max));
+            let sum: f32 = row.iter().sum();
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+    }
+}
+
+simd_fn! {
+    /// One LayerNorm row: two-pass mean and variance in f32, then the affine map.
+    fn layer_norm_row(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        let n = src.len();
+        let mean = src.iter().sum::<f32>() / n as f32;
+        let var = src.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+        let inv_std = 1.0 / (var + eps).sqrt();
+        for (((d, &s), &w), &b) in dst.iter_mut().zip(src).zip(w).zip(b) {
+            *d = (s - mean) * inv_std * w + b;
         }
     }
 }
@@ -345,12 +377,38 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
         p = p * r + c;
     }
     let e = p * r * r + r + 1.0;
-    let pow2 = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // SAFETY: `n` is a whole number in [−126, 127] (from the clamp), so it converts exactly; the
+    // unchecked conversion is one vector instruction where `as` adds saturation fix-ups.
+    #[allow(unsafe_code)]
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    let pow2 = f32::from_bits(((n + 127) as u32) << 23);
     if x < -87.3 {
         0.0
     } else {
         e * pow2
     }
+}
+
+/// The widest vector instructions the CPU offers the [`simd_fn!`] functions: 2 = AVX-512 (F, BW,
+/// DQ, VL) with FMA, 1 = AVX2 with FMA, 0 = baseline (detected once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn simd_level() -> u8 {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<u8> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("fma")
+        {
+            2
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            1
+        } else {
+            0
+        }
+    })
 }
 
 /// `x · ½ (1 + erf(x / √2))`: PyTorch's exact GELU, through the same `erff` candle's `gelu_erf` uses.
@@ -524,14 +582,7 @@ impl CustomOp3 for LayerNormOp {
         let b = contiguous_slice(b, l3)?;
         let n = w.len();
         let eps = self.eps;
-        let norm_row = |src: &[f32], dst: &mut [f32]| {
-            let mean = src.iter().sum::<f32>() / n as f32;
-            let var = src.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
-            let inv_std = 1.0 / (var + eps).sqrt();
-            for (((d, &s), &w), &b) in dst.iter_mut().zip(src).zip(w).zip(b) {
-                *d = (s - mean) * inv_std * w + b;
-            }
-        };
+        let norm_row = |src: &[f32], dst: &mut [f32]| layer_norm_row(src, dst, w, b, eps);
         let shape = l1.shape().clone();
         let out = match s1 {
             CpuStorage::F32(x) => {
@@ -762,18 +813,7 @@ impl FusedAttention {
                     gemm::Parallelism::None,
                 );
             }
-            for row in scores.chunks_exact_mut(l) {
-                if let Some(m) = mask {
-                    for (s, &mv) in row.iter_mut().zip(&m[bi * l..(bi + 1) * l]) {
-                        *s += mv;
-                    }
-                }
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                row.iter_mut().for_each(|s| *s = exp_f32(*s - max));
-                let sum: f32 = row.iter().sum();
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|s| *s *= inv);
-            }
+            softmax_rows(&mut scores, l, mask.map(|m| &m[bi * l..(bi + 1) * l]));
             #[allow(unsafe_code)]
             // SAFETY: the destination is rows bi·lq..(bi+1)·lq, columns h·d..(h+1)·d of the
             // [b·lq, w] output: inside `out`, and disjoint from every other (bi, h) task's block.

@@ -173,6 +173,7 @@ fn round_to_i32(v: f32) -> i32 {
 }
 
 /// `max |x|`, in 16 independent lanes so it vectorizes (a single `f32::max` chain does not).
+#[inline(always)]
 fn abs_max(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let chunks = x.chunks_exact(16);
@@ -199,22 +200,29 @@ fn quantize_rows(x: &[f32], k: usize, k_pad: usize) -> QRows {
         .zip(scale.par_chunks_mut(blocks))
         .zip(offset.par_chunks_mut(blocks))
         .zip(x.par_chunks(k))
-        .for_each(|(((q, scale), offset), x)| {
-            for b in 0..blocks {
-                let src = &x[(b * BLOCK).min(k)..((b + 1) * BLOCK).min(k)];
-                let s = abs_max(src) / 127.0;
-                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-                let mut sum = 0i32;
-                for (d, &v) in q[b * BLOCK..].iter_mut().zip(src) {
-                    let v = round_to_i32(v * inv).clamp(-127, 127);
-                    *d = v as i8;
-                    sum += v;
-                }
-                scale[b] = s;
-                offset[b] = (128 * sum) as f32;
-            }
-        });
+        .for_each(|(((q, scale), offset), x)| quantize_row(x, q, scale, offset));
     QRows { q, scale, offset }
+}
+
+simd_fn! {
+    /// One row of [`quantize_rows`]: per block, its scale, its values in `i8` and its offset
+    /// correction.
+    fn quantize_row(x: &[f32], q: &mut [i8], scale: &mut [f32], offset: &mut [f32]) {
+        let k = x.len();
+        for (b, (scale, offset)) in scale.iter_mut().zip(offset.iter_mut()).enumerate() {
+            let src = &x[(b * BLOCK).min(k)..((b + 1) * BLOCK).min(k)];
+            let s = abs_max(src) / 127.0;
+            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            let mut sum = 0i32;
+            for (d, &v) in q[b * BLOCK..].iter_mut().zip(src) {
+                let v = round_to_i32(v * inv).clamp(-127, 127);
+                *d = v as i8;
+                sum += v;
+            }
+            *scale = s;
+            *offset = (128 * sum) as f32;
+        }
+    }
 }
 
 /// Which microkernel runs the integer products.
