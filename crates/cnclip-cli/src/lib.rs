@@ -35,8 +35,9 @@ pub enum Precision {
     F16,
     /// bfloat16.
     Bf16,
-    /// 8-bit transformer weights (GGML Q8_0) with f32 activations: faster on CPUs, embeddings
-    /// within ~1e-3 in cosine of f32 (see `ChineseClip::quantize`).
+    /// 8-bit transformer weights (per-channel int8, activations quantized per block, integer
+    /// products): faster on CPUs, embeddings within ~1e-3 in cosine of f32 (see
+    /// `ChineseClip::quantize`).
     Q8,
 }
 

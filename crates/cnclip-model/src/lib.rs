@@ -8,7 +8,8 @@
 //!   safetensors; one tower can be left unread ([`weights::Towers`]) without changing the
 //!   configuration or fingerprint.
 //! - [`model`]: the towers and [`model::ChineseClip`] (encode, similarity, zero-shot), fused CPU
-//!   kernels ([`model::ops`]) and 8-bit weights ([`model::ChineseClip::quantize`], [`model::q8`]).
+//!   kernels ([`model::ops`]), f32 weights in GEMM panels ([`model::panels`]) and 8-bit weights
+//!   ([`model::ChineseClip::quantize`], [`model::q8`]).
 //! - [`zoo`]: model names → local cache → ModelScope / Hugging Face hub.
 //!
 //! Embeddings equal cn_clip 1.6.0's to float precision (max |Δ| of normalised embeddings ≈ 1e-7

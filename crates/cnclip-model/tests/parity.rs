@@ -166,7 +166,7 @@ fn check(dir: &Path, models: &Path, name: &str, half: bool) {
     }
 
     // 8-bit weights (`--quantize q8`): the bar is a worst-case cosine of 0.995 to the
-    // f32 embeddings. Every fixture's widths are whole Q8_0 blocks, so every layer is quantized.
+    // f32 embeddings. Every transformer linear layer of every fixture is quantized.
     let q8 = model.quantize().unwrap();
     assert!(q8.is_quantized());
     let q_img = q8

@@ -184,9 +184,9 @@ impl ChineseClip {
         })
     }
 
-    /// The same model with the transformer layers' weights in 8 bits (`--quantize q8`): GGML
-    /// `Q8_0` blocks (32 weights per f16 scale) with activations quantized per row block and integer
-    /// accumulation, through candle's quantized matmul. Both ViT blocks and BERT layers are
+    /// The same model with the transformer layers' weights in 8 bits (`--quantize q8`): int8
+    /// weights with one scale per output channel, activations quantized per row and 128-wide block,
+    /// products summed in 32-bit integers ([`q8`]). Both ViT blocks and BERT layers are
     /// quantized; patch embedding, LayerNorms, attention itself, the ResNet convolutions (RN50's
     /// image tower) and the projections stay in f32. Only f32 models can be quantized.
     ///
