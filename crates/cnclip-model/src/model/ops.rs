@@ -195,17 +195,9 @@ impl Linear {
             (Weight::Q8(_) | Weight::Panels(_), _) if !fast => {
                 candle_core::bail!("f32 CPU layers take f32 CPU inputs (and residuals)")
             }
-            (Weight::Q8(q), bias) => {
-                let op = Q8Op {
-                    layer: q,
-                    bias: bias.as_ref(),
-                    epilogue,
-                };
-                x2.contiguous()?.apply_op1_no_bwd(&op)?
-            }
-            (Weight::Panels(p), bias) => {
-                let op = PanelOp {
-                    panels: p,
+            (weight @ (Weight::Q8(_) | Weight::Panels(_)), bias) => {
+                let op = LinearOp {
+                    weight,
                     bias: bias.as_ref(),
                     epilogue,
                 };
@@ -258,9 +250,6 @@ fn generic_epilogue(y: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         Epilogue::Residual(r) => y + r.reshape(dims)?,
     }
 }
-
-/// Rows per rayon task in the element-wise passes: enough work to amortise the task.
-const ROWS_PER_TASK: usize = 8;
 
 /// Runs `f` with the residual's values (when `epilogue` adds one), checked to hold `len` values.
 fn with_residual<T>(
@@ -417,16 +406,16 @@ fn gelu_erf_f32(v: f32) -> f32 {
     (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
 }
 
-/// CPU f32 `x·Wᵀ + b` + epilogue on panelled weights: the bias rows are written into the output,
-/// the GEMM accumulates onto them (`dst = dst + x·Wᵀ`, as PyTorch's `addmm` does), and the
-/// epilogue runs on each panel's stretch of a row right after the panel's GEMM.
-struct PanelOp<'a> {
-    panels: &'a Panels,
+/// CPU f32 `x·Wᵀ + b` + epilogue, on panelled f32 or 8-bit weights. Both kernels start each
+/// output stretch from the bias and run the epilogue on it as soon as its products are summed,
+/// while it is in cache.
+struct LinearOp<'a> {
+    weight: &'a Weight,
     bias: Option<&'a Tensor>,
     epilogue: Epilogue<'a>,
 }
 
-impl CustomOp1 for PanelOp<'_> {
+impl CustomOp1 for LinearOp<'_> {
     fn name(&self) -> &'static str {
         "cnclip-linear"
     }
@@ -437,80 +426,35 @@ impl CustomOp1 for PanelOp<'_> {
         };
         let x = contiguous_slice(x, l)?;
         let (m, k) = l.shape().dims2()?;
-        let n = self.panels.out_dim();
-        if k != self.panels.in_dim() {
-            candle_core::bail!(
-                "linear: input [{m}, {k}], layer input {}",
-                self.panels.in_dim()
-            );
-        }
-        let mut out = vec![0f32; m * n];
-        if let Some(b) = self.bias {
-            let (storage, layout) = b.storage_and_layout();
-            let Storage::Cpu(CpuStorage::F32(b)) = &*storage else {
-                candle_core::bail!("linear bias must be an f32 CPU tensor");
-            };
-            let b = contiguous_slice(b, layout)?;
-            if b.len() != n {
-                candle_core::bail!("linear: bias [{}] for {n} outputs", b.len());
-            }
-            out.par_chunks_mut(n * ROWS_PER_TASK).for_each(|block| {
-                block
-                    .chunks_exact_mut(n)
-                    .for_each(|row| row.copy_from_slice(b))
-            });
-        }
-        let epilogue = self.epilogue;
-        with_residual(epilogue, m * n, |residual| {
-            self.panels.matmul_then(x, &mut out, &|row, col, values| {
-                finish_row(epilogue, residual, n, row, col, values)
-            })
-        })?;
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
-    }
-}
-
-/// CPU f32 8-bit `x·Wᵀ + b` + epilogue.
-struct Q8Op<'a> {
-    layer: &'a QLinear,
-    bias: Option<&'a Tensor>,
-    epilogue: Epilogue<'a>,
-}
-
-impl CustomOp1 for Q8Op<'_> {
-    fn name(&self) -> &'static str {
-        "cnclip-linear-q8"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = s else {
-            candle_core::bail!("8-bit linear kernel is f32 only");
+        let (in_dim, n) = match self.weight {
+            Weight::Panels(p) => (p.in_dim(), p.out_dim()),
+            Weight::Q8(q) => (q.in_dim(), q.out_dim()),
+            Weight::Dense(_) => candle_core::bail!("linear kernel: weights not for the CPU"),
         };
-        let x = contiguous_slice(x, l)?;
-        let (m, k) = l.shape().dims2()?;
-        let n = self.layer.out_dim();
-        if k != self.layer.in_dim() {
-            candle_core::bail!(
-                "8-bit linear: input [{m}, {k}], layer input {}",
-                self.layer.in_dim()
-            );
+        if k != in_dim {
+            candle_core::bail!("linear: input [{m}, {k}], layer input {in_dim}");
         }
         let bias_guard = self.bias.map(Tensor::storage_and_layout);
         let bias = match &bias_guard {
             Some((storage, layout)) => match &**storage {
                 Storage::Cpu(CpuStorage::F32(b)) => Some(contiguous_slice(b, layout)?),
-                _ => candle_core::bail!("8-bit linear bias must be an f32 CPU tensor"),
+                _ => candle_core::bail!("linear bias must be an f32 CPU tensor"),
             },
             None => None,
         };
+        if let Some(b) = bias.filter(|b| b.len() != n) {
+            candle_core::bail!("linear: bias [{}] for {n} outputs", b.len());
+        }
         let mut out = vec![0f32; m * n];
         let epilogue = self.epilogue;
-        // The epilogue runs on each stretch of output as the kernel writes it.
         with_residual(epilogue, m * n, |residual| {
-            self.layer
-                .matmul_then(x, bias, &mut out, &|row, col, values| {
-                    finish_row(epilogue, residual, n, row, col, values)
-                })
+            let finish =
+                |row, col, values: &mut [f32]| finish_row(epilogue, residual, n, row, col, values);
+            match self.weight {
+                Weight::Panels(p) => p.matmul_then(x, bias, &mut out, &finish),
+                Weight::Q8(q) => q.matmul_then(x, bias, &mut out, &finish),
+                Weight::Dense(_) => unreachable!("refused above"),
+            }
         })?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }

@@ -119,12 +119,13 @@ impl Panels {
         self.out_dim
     }
 
-    /// `out += x · Wᵀ` for `x` `[m, in]` and `out` `[m, out]` (both row-major), then
-    /// `finish(row, col, stretch)` on each output row's stretch of one panel (columns
-    /// `col..col + stretch.len()`), right after the panel's GEMM.
+    /// `out = x · Wᵀ + bias` for `x` `[m, in]` and `out` `[m, out]` (both row-major; without a
+    /// bias, `out` must hold zeros), then `finish(row, col, stretch)` on each output row's
+    /// stretch of one panel (columns `col..col + stretch.len()`), right after the panel's GEMM.
     pub fn matmul_then(
         &self,
         x: &[f32],
+        bias: Option<&[f32]>,
         out: &mut [f32],
         finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
     ) {
@@ -133,6 +134,9 @@ impl Panels {
         let m = x.len() / k;
         assert_eq!(x.len(), m * k, "input rows of the wrong width");
         assert_eq!(out.len(), m * n, "output of the wrong size");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "bias of the wrong size");
+        }
         if m == 0 {
             return;
         }
@@ -147,6 +151,13 @@ impl Panels {
                 // col..col + width of it (inside, as col + width ≤ n), which no other task
                 // touches. lhs is the m×k row-major `x`, rhs the k×width row-major panel.
                 unsafe {
+                    if let Some(b) = bias {
+                        // The GEMM accumulates onto the bias, as PyTorch's `addmm` does.
+                        for row in 0..m {
+                            std::slice::from_raw_parts_mut(dst.get().add(row * n + col), width)
+                                .copy_from_slice(&b[col..col + width]);
+                        }
+                    }
                     gemm::gemm(
                         m,
                         width,
@@ -218,12 +229,13 @@ mod tests {
                 }
             }
             assert_eq!(Panels::from_transposed(&w_t, k, n).data, p.data);
-            let mut out = vec![1f32; m * n];
-            p.matmul_then(&x, &mut out, &|_, _, s| {
+            let bias: Vec<f32> = (0..n).map(|o| o as f32 / 8.0).collect();
+            let mut out = vec![0f32; m * n];
+            p.matmul_then(&x, Some(&bias), &mut out, &|_, _, s| {
                 s.iter_mut().for_each(|v| *v *= 2.0)
             });
-            for (got, want) in out.iter().zip(naive(&x, &w, m, k, n)) {
-                let want = 2.0 * (1.0 + want);
+            for (i, (got, want)) in out.iter().zip(naive(&x, &w, m, k, n)).enumerate() {
+                let want = 2.0 * (bias[i % n] + want);
                 assert!(
                     (got - want).abs() <= 1e-4 * want.abs().max(1.0),
                     "{got} vs {want}"
