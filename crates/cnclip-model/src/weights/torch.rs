@@ -123,11 +123,7 @@ pub(crate) fn read_zip(
                 tensors
                     .iter()
                     .map(|(name, t, sel)| {
-                        let loaded = match sel {
-                            Select::Head => Loaded::Head(head_of(name, &bytes, t, big_endian)?),
-                            _ => Loaded::Full(materialize(name, &bytes, t, big_endian)?),
-                        };
-                        Ok((name.clone(), loaded))
+                        Ok((name.clone(), load(name, &bytes, t, *sel, big_endian)?))
                     })
                     .collect()
             },
@@ -289,10 +285,7 @@ pub(crate) fn read_legacy(
             .get(&key)
             .ok_or_else(|| archive(format!("storage {key} is missing from the file")))?;
         for (name, t, sel) in tensors {
-            let loaded = match sel {
-                Select::Head => Loaded::Head(head_of(&name, bytes, &t, big_endian)?),
-                _ => Loaded::Full(materialize(&name, bytes, &t, big_endian)?),
-            };
+            let loaded = load(&name, bytes, &t, sel, big_endian)?;
             out.push((name, loaded));
         }
     }
@@ -389,6 +382,20 @@ fn state_dict_entries(p: &Pickle) -> Result<Vec<(String, TensorRef)>, WeightsErr
         return Err(no("the state dict is empty".into()));
     }
     Ok(out)
+}
+
+/// The view `t` of a storage's `bytes`, whole or (for [`Select::Head`]) only its head.
+fn load(
+    name: &str,
+    bytes: &[u8],
+    t: &TensorRef,
+    sel: Select,
+    big_endian: bool,
+) -> Result<Loaded, WeightsError> {
+    Ok(match sel {
+        Select::Head => Loaded::Head(head_of(name, bytes, t, big_endian)?),
+        _ => Loaded::Full(materialize(name, bytes, t, big_endian)?),
+    })
 }
 
 /// The shape and first [`HEAD_LEN`] values (row-major) of the strided view `t`; `bytes` must reach
