@@ -2,6 +2,8 @@
 //! nothing that was reported committed; the index always opens and verifies afterwards, readers see
 //! every committed image, and running the build again finishes the job without duplicates.
 
+// The index crate's test helpers, one copy for both crates.
+#[path = "../../cnclip-index/tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashSet;

@@ -1,6 +1,8 @@
 //! Searching: self-retrieval (exact and graph + pending vectors), removals, duplicates, refresh,
 //! query checks, and a search while a build runs in another process.
 
+// The index crate's test helpers, one copy for both crates.
+#[path = "../../cnclip-index/tests/common/mod.rs"]
 mod common;
 
 use std::fs;

@@ -13,6 +13,8 @@
 //! `CNCLIP_STARTUP_LIKE=/tmp/idx-small CNCLIP_STARTUP_KEEP=/tmp/idx-100k`, then
 //! `time cnclip-search --index /tmp/idx-100k 一只小猫`.
 
+// The index crate's test helpers, one copy for both crates.
+#[path = "../../cnclip-index/tests/common/mod.rs"]
 mod common;
 
 use std::time::Instant;

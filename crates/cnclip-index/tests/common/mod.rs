@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests of cnclip-index and (through `#[path]`) cnclip-search.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
