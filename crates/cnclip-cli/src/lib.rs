@@ -67,7 +67,7 @@ impl Precision {
 pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     let spec = zoo::parse_model_arg(arg)?;
     let resolver = Resolver::from_env()?;
-    Ok(resolver.resolve(&spec, &Bar::default())?)
+    Ok(resolver.resolve(&spec, &TerminalBar::bytes())?)
 }
 
 /// Resolves and loads a model (or one of its towers, [`Towers`]) on the CPU.
@@ -152,15 +152,32 @@ pub fn print_error(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// A download progress bar on stderr when it is a terminal; silent otherwise.
-#[derive(Default)]
-struct Bar {
+/// An indicatif bar on stderr when it is a terminal; silent otherwise. One type serves model
+/// downloads (bytes) and `cnclip eval`'s steps (percent of items).
+pub struct TerminalBar {
     bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+    template: &'static str,
 }
 
-impl DownloadProgress for Bar {
-    fn start(&self, url: &str, total: Option<u64>) {
-        eprintln!("downloading {url}");
+impl TerminalBar {
+    /// A bar counting bytes (downloads).
+    pub fn bytes() -> TerminalBar {
+        TerminalBar::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    }
+
+    /// A bar counting items, labelled with the step's name.
+    pub fn steps() -> TerminalBar {
+        TerminalBar::with_template("{msg:>14} {bar:40} {percent:>3}% eta {eta}")
+    }
+
+    fn with_template(template: &'static str) -> TerminalBar {
+        TerminalBar {
+            bar: std::sync::Mutex::new(None),
+            template,
+        }
+    }
+
+    fn begin(&self, message: &str, total: Option<u64>) {
         if !std::io::stderr().is_terminal() {
             return;
         }
@@ -169,23 +186,50 @@ impl DownloadProgress for Bar {
             None => indicatif::ProgressBar::new_spinner(),
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("static template"),
+            indicatif::ProgressStyle::with_template(self.template).expect("static template"),
         );
+        bar.set_message(message.to_owned());
         *self.bar.lock().expect("progress lock") = Some(bar);
     }
 
-    fn advance(&self, bytes: u64) {
+    fn inc(&self, n: u64) {
         if let Some(b) = self.bar.lock().expect("progress lock").as_ref() {
-            b.inc(bytes);
+            b.inc(n);
         }
     }
 
-    fn finish(&self) {
+    fn end(&self) {
         if let Some(b) = self.bar.lock().expect("progress lock").take() {
             b.finish_and_clear();
         }
+    }
+}
+
+impl DownloadProgress for TerminalBar {
+    fn start(&self, url: &str, total: Option<u64>) {
+        eprintln!("downloading {url}");
+        self.begin(url, total);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.inc(bytes);
+    }
+
+    fn finish(&self) {
+        self.end();
+    }
+}
+
+impl eval::Progress for TerminalBar {
+    fn start(&self, step: &str, total: Option<u64>) {
+        self.begin(step, total);
+    }
+
+    fn advance(&self, n: u64) {
+        self.inc(n);
+    }
+
+    fn finish(&self) {
+        self.end();
     }
 }

@@ -287,7 +287,7 @@ fn preprocess_options(size: usize, common: &ModelArgs) -> PreprocessOptions {
 }
 
 fn eval(command: EvalCommand) -> Result<()> {
-    let bar = ev::TerminalBar::default();
+    let bar = cnclip_cli::TerminalBar::steps();
     let progress: &dyn Progress = &bar;
     let (json, report) = match command {
         EvalCommand::Retrieval {

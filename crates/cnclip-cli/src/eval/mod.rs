@@ -22,8 +22,6 @@ pub mod retrieval;
 pub mod templates;
 pub mod zeroshot;
 
-use std::io::IsTerminal;
-
 use cnclip_index::graph::TopK;
 
 pub use retrieval::{Backend, Recall, RetrievalOptions, RetrievalReport};
@@ -53,42 +51,6 @@ impl Progress for Silent {
     fn start(&self, _: &str, _: Option<u64>) {}
     fn advance(&self, _: u64) {}
     fn finish(&self) {}
-}
-
-/// An indicatif bar on stderr when it is a terminal; silent otherwise.
-#[derive(Default)]
-pub struct TerminalBar {
-    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
-}
-
-impl Progress for TerminalBar {
-    fn start(&self, step: &str, total: Option<u64>) {
-        if !std::io::stderr().is_terminal() {
-            return;
-        }
-        let bar = match total {
-            Some(n) => indicatif::ProgressBar::new(n),
-            None => indicatif::ProgressBar::new_spinner(),
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg:>14} {bar:40} {percent:>3}% eta {eta}")
-                .expect("static template"),
-        );
-        bar.set_message(step.to_owned());
-        *self.bar.lock().expect("progress lock") = Some(bar);
-    }
-
-    fn advance(&self, n: u64) {
-        if let Some(b) = self.bar.lock().expect("progress lock").as_ref() {
-            b.inc(n);
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = self.bar.lock().expect("progress lock").take() {
-            b.finish_and_clear();
-        }
-    }
 }
 
 /// Row-major normalised vectors.
