@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use cnclip_cli::device::DeviceSpec;
 use cnclip_cli::eval::{self as ev, Backend, Progress};
 use cnclip_cli::{load_model_on, print_error, stdout_ok, Precision};
+use cnclip_model::model::ChineseClip;
 use cnclip_model::model::Towers;
 use cnclip_model::preprocess::{self, PreprocessOptions};
 use cnclip_model::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
@@ -210,6 +211,13 @@ struct ModelArgs {
     no_exif_orientation: bool,
 }
 
+impl ModelArgs {
+    /// Resolves and loads `model` (its `towers`) with these options.
+    fn load(&self, model: &str, towers: Towers) -> Result<ChineseClip> {
+        load_model_on(model, self.precision, towers, &self.device.open()?)
+    }
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -319,12 +327,7 @@ fn eval(command: EvalCommand) -> Result<()> {
                 predictions_tr,
             };
             opts.check()?;
-            let model = load_model_on(
-                &model,
-                common.precision,
-                Towers::Both,
-                &common.device.open()?,
-            )?;
+            let model = common.load(&model, Towers::Both)?;
             let r = ev::retrieval::evaluate(&model, &opts, progress)?;
             (json, (r.to_json(), r.to_text()))
         }
@@ -348,12 +351,7 @@ fn eval(command: EvalCommand) -> Result<()> {
                 preprocess: preprocess_options(0, &common),
             };
             opts.check()?;
-            let model = load_model_on(
-                &model,
-                common.precision,
-                Towers::Both,
-                &common.device.open()?,
-            )?;
+            let model = common.load(&model, Towers::Both)?;
             let r = ev::zeroshot::evaluate(&model, &opts, progress)?;
             (json, (r.to_json(), r.to_text()))
         }
@@ -382,7 +380,7 @@ fn embed(
         (true, false) => Towers::Image,
         _ => Towers::Both,
     };
-    let model = load_model_on(model, common.precision, towers, &common.device.open()?)?;
+    let model = common.load(model, towers)?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let text_features = model.encode_texts_normalized(&text_refs)?;
     let opts = preprocess_options(model.image_size(), common);
@@ -439,12 +437,7 @@ fn classify(
     json: bool,
     common: &ModelArgs,
 ) -> Result<()> {
-    let model = load_model_on(
-        model,
-        common.precision,
-        Towers::Both,
-        &common.device.open()?,
-    )?;
+    let model = common.load(model, Towers::Both)?;
     let opts = preprocess_options(model.image_size(), common);
     let pixels = preprocess::preprocess_path(image, &opts)?;
     let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();

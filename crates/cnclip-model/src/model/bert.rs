@@ -60,15 +60,7 @@ impl Layer {
     /// reads of the last layer (every position still serves as key and value).
     fn forward(&self, x: &Tensor, mask: &Tensor, cls_only: bool) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
-        let (a, x) = if cls_only {
-            let a = ops::fused_attention_first(&qkv, self.heads, Some(mask), 1)?;
-            (a, x.narrow(1, 0, 1)?.contiguous()?)
-        } else {
-            (
-                ops::fused_attention(&qkv, self.heads, Some(mask))?,
-                x.clone(),
-            )
-        };
+        let (a, x) = ops::attention_and_residual(&qkv, x, self.heads, Some(mask), cls_only)?;
         let x = self
             .attn_ln
             .forward(&self.attn_out.forward_with(&a, Epilogue::Residual(&x))?)?;

@@ -643,6 +643,23 @@ pub fn fused_attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Res
     fused_attention_first(qkv, heads, mask, len)
 }
 
+/// A pre-LN or post-LN block's attention output and the input it is added to: at every
+/// position, or with `cls_only` at the class token (position 0) alone, `[b, 1, w]` — all the
+/// tower reads of its last block (every position still serves as key and value).
+pub fn attention_and_residual(
+    qkv: &Tensor,
+    x: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    cls_only: bool,
+) -> Result<(Tensor, Tensor)> {
+    if cls_only {
+        let a = fused_attention_first(qkv, heads, mask, 1)?;
+        return Ok((a, x.narrow(1, 0, 1)?.contiguous()?));
+    }
+    Ok((fused_attention(qkv, heads, mask)?, x.clone()))
+}
+
 /// [`fused_attention`] for the first `queries` positions only: `[batch, queries, width]`, every
 /// query still attending to all keys. The last block of a tower whose output is the class token
 /// needs one query row, not all of them.

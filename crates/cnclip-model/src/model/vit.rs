@@ -57,12 +57,7 @@ impl Block {
     fn forward(&self, x: &Tensor, cls_only: bool) -> Result<Tensor> {
         let h = self.ln_1.forward(x)?;
         let qkv = self.in_proj.forward(&h)?;
-        let (a, x) = if cls_only {
-            let a = ops::fused_attention_first(&qkv, self.heads, None, 1)?;
-            (a, x.narrow(1, 0, 1)?.contiguous()?)
-        } else {
-            (ops::fused_attention(&qkv, self.heads, None)?, x.clone())
-        };
+        let (a, x) = ops::attention_and_residual(&qkv, x, self.heads, None, cls_only)?;
         let x = self.out_proj.forward_with(&a, Epilogue::Residual(&x))?;
         let h = self
             .c_fc
