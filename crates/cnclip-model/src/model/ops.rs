@@ -605,9 +605,9 @@ impl CustomOp1 for QuickGeluOp {
         out.par_chunks_mut(4096)
             .zip(x.par_chunks(4096))
             .for_each(|(d, s)| {
-                for (d, &v) in d.iter_mut().zip(s) {
-                    *d = quick_gelu_f32(v);
-                }
+                // The linear layers' QuickGELU epilogue (vectorized), on a copy.
+                d.copy_from_slice(s);
+                finish_row(Epilogue::QuickGelu, None, 0, 0, 0, d);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -863,6 +863,21 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The standalone QuickGELU kernel (the linear layers' epilogue) against `x·σ(1.702x)` in f64.
+    #[test]
+    fn quick_gelu_matches_its_definition() {
+        let xs: Vec<f32> = (0..10_000).map(|i| (i as f32 - 5_000.0) / 250.0).collect();
+        let t = Tensor::from_vec(xs.clone(), xs.len(), &candle_core::Device::Cpu).unwrap();
+        let ys = quick_gelu(&t).unwrap().to_vec1::<f32>().unwrap();
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = f64::from(x) / (1.0 + (-1.702 * f64::from(x)).exp());
+            assert!(
+                (f64::from(y) - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "{x}: {y} vs {want}"
+            );
+        }
+    }
 
     /// The vectorizable `exp` is within 2 ulp of the exact value over the whole normal range,
     /// and exactly 0 below it (masked attention scores must vanish).
