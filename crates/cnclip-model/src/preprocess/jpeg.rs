@@ -163,17 +163,23 @@ const FIX_0_34414: i32 = 22_554;
 
 /// libjpeg's `ycck_cmyk_convert` followed by PIL's `CMYK;I` inversion. libjpeg stores
 /// `255 - R` (range-limited) as C, and so on, and passes K through; inverting gives back the
-/// clamped R, G, B of `ycc_rgb_convert` and `255 - K`. The rounding is that of libjpeg's tables
-/// (`build_ycc_rgb_table`): nearest for R and B, and `ONE_HALF` added before the shift for G.
+/// clamped R, G, B of `ycc_rgb_convert` and `255 - K`.
 fn ycck_to_pil_cmyk(p: &[u8]) -> [u8; 4] {
-    let y = i32::from(p[0]);
-    let cb = i32::from(p[1]) - 128;
-    let cr = i32::from(p[2]) - 128;
+    let [r, g, b] = ycc_to_rgb(p[0], p[1], p[2]);
+    [r, g, b, 255 - p[3]]
+}
+
+/// libjpeg's `ycc_rgb_convert` for one pixel, clamped to 0..=255. The rounding is that of
+/// libjpeg's tables (`build_ycc_rgb_table`): nearest for R and B, and `ONE_HALF` added before the
+/// shift for G.
+pub(crate) fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    let y = i32::from(y);
+    let cb = i32::from(cb) - 128;
+    let cr = i32::from(cr) - 128;
     let r = y + ((FIX_1_40200 * cr + ONE_HALF) >> 16);
     let g = y + ((-FIX_0_34414 * cb + ONE_HALF - FIX_0_71414 * cr) >> 16);
     let b = y + ((FIX_1_77200 * cb + ONE_HALF) >> 16);
-    let [r, g, b] = [r, g, b].map(|v| v.clamp(0, 255) as u8);
-    [r, g, b, 255 - p[3]]
+    [r, g, b].map(|v| v.clamp(0, 255) as u8)
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@
 mod convert;
 mod decode;
 mod jpeg;
+mod quarter;
 mod resample;
 mod scaled;
 mod source;

@@ -25,6 +25,7 @@ use zune_jpeg::zune_core::bytestream::ZCursor;
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
 
+use super::quarter;
 use super::source::{PixelMode, SourceImage};
 
 /// The reduced image keeps at least `MIN_RATIO` times the output side `S` along both axes.
@@ -74,6 +75,19 @@ pub(crate) fn decode(
 ) -> Option<SourceImage> {
     let (mode, transform) = colour(bytes)?;
     let reduced = (width.div_ceil(reduction), height.div_ceil(reduction));
+    if reduction == 4 {
+        let colour = match transform {
+            ColorTransform::Grayscale => quarter::Colour::Grey,
+            ColorTransform::RGB => quarter::Colour::Rgb,
+            _ => quarter::Colour::YCbCr,
+        };
+        if let Some((w, h, pixels)) = quarter::decode(bytes, colour, max_alloc) {
+            if (w, h) == reduced {
+                return SourceImage::from_u8(w, h, mode, pixels)?
+                    .reduced_from(width, height, reduction);
+            }
+        }
+    }
     let run = || {
         let mut decoder = jpeg_decoder::Decoder::new(bytes);
         decoder.set_max_decoding_buffer_size(max_alloc);
