@@ -45,16 +45,60 @@ const ZZ_11: u32 = 4;
 /// Bits looked up at once when decoding a Huffman code; longer codes take the slow search.
 const LUT_BITS: u32 = 9;
 
+/// Bits looked up at once when skipping AC coefficients, two symbols at a time where both fit.
+const PAIR_BITS: u32 = 11;
+
 /// One Huffman table (ITU T.81 Annex C, F.2.2.3).
 struct Table {
-    /// For the next `LUT_BITS` bits: the code's length (high byte) and its symbol (low byte), or 0
-    /// when the code is longer.
-    lut: Vec<u16>,
+    /// For the next `LUT_BITS` bits, the code's [`entry`]; 0 when the code is longer.
+    lut: [u32; 1 << LUT_BITS],
+    /// For the next `PAIR_BITS` bits, AC coefficients to skip ([`Table::pairs`]).
+    pairs: Box<[u32; 1 << PAIR_BITS]>,
     /// The largest code of each length (index 1..=16), -1 where there is none.
     maxcode: [i32; 17],
     /// Index into `values` of the code `c` of length `l`: `c + delta[l]`.
     delta: [i32; 17],
     values: Vec<u8>,
+}
+
+/// What an AC symbol does when its value is not needed: how far it moves along the block, or
+/// `EOB` for the end of the block; 0 for an end-of-band run (`r` > 0, size 0), which needs more
+/// bits.
+const EOB: u32 = 128;
+
+/// A decoded code, packed for the skipping loop: the code's length plus the symbol's size nibble
+/// in bits 0-5 (all the bits of an AC coefficient whose value is not needed, so that the shift
+/// takes them straight from the entry's low byte), the symbol in bits 8-15, the code's length in
+/// bits 16-20, and the AC advance in bits 24-31: `run + 1` for a coefficient, 16 for a run of 16
+/// zeros, [`EOB`] for the end of the block, 0 for an end-of-band run.
+#[inline(always)]
+fn entry(symbol: u8, len: u32) -> u32 {
+    let (run, size) = (u32::from(symbol >> 4), u32::from(symbol & 15));
+    let advance = match (run, size) {
+        (0, 0) => EOB,
+        (15, 0) => 16,
+        (_, 0) => 0,
+        _ => run + 1,
+    };
+    (len + size) | u32::from(symbol) << 8 | len << 16 | advance << 24
+}
+
+/// The fields of an [`entry`].
+#[inline(always)]
+fn skip(e: u32) -> u32 {
+    e & 63
+}
+#[inline(always)]
+fn symbol(e: u32) -> u32 {
+    (e >> 8) & 0xFF
+}
+#[inline(always)]
+fn code_len(e: u32) -> u32 {
+    (e >> 16) & 31
+}
+#[inline(always)]
+fn advance(e: u32) -> u32 {
+    e >> 24
 }
 
 impl Table {
@@ -66,7 +110,8 @@ impl Table {
             return None;
         }
         let mut table = Table {
-            lut: vec![0; 1 << LUT_BITS],
+            lut: [0; 1 << LUT_BITS],
+            pairs: Box::new([0; 1 << PAIR_BITS]),
             maxcode: [-1; 17],
             delta: [0; 17],
             values: values.to_vec(),
@@ -82,9 +127,8 @@ impl Table {
                 }
                 if len <= LUT_BITS {
                     let shift = LUT_BITS - len;
-                    let entry = (len as u16) << 8 | u16::from(values[k]);
                     let first = (code << shift) as usize;
-                    table.lut[first..first + (1 << shift)].fill(entry);
+                    table.lut[first..first + (1 << shift)].fill(entry(values[k], len));
                 }
                 code += 1;
                 k += 1;
@@ -94,96 +138,180 @@ impl Table {
             }
             code <<= 1;
         }
+        table.pairs = table.pairs();
         Some(table)
+    }
+
+    /// For each `PAIR_BITS`-bit window, the AC symbols that can be skipped at once: the first
+    /// symbol's code and value bits, and the second's too when its code also lies in the window
+    /// (its value bits may lie beyond). Bits 0-5: the bits to skip; bits 8-15: how far that moves
+    /// along the block (a sum of [`advance`]s); bits 16-23: the first symbol's advance when there
+    /// is a second one (the second belongs to the next block if the first reaches its end), else
+    /// 0. 0 where the first code is longer than the window or is an end-of-band run.
+    fn pairs(&self) -> Box<[u32; 1 << PAIR_BITS]> {
+        let mut pairs = Box::new([0; 1 << PAIR_BITS]);
+        for (window, pair) in pairs.iter_mut().enumerate() {
+            let top = (window as u32) << (16 - PAIR_BITS);
+            let Some(first) = self.code_within(top, PAIR_BITS) else {
+                continue;
+            };
+            let (bits, moves) = (skip(first), advance(first));
+            if moves == 0 {
+                continue;
+            }
+            *pair = bits | moves << 8;
+            if moves == EOB || bits >= PAIR_BITS {
+                continue;
+            }
+            let rest = (top << bits) & 0xFFFF;
+            if let Some(second) = self.code_within(rest, PAIR_BITS - bits) {
+                if advance(second) != 0 {
+                    *pair = (bits + skip(second)) | (moves + advance(second)) << 8 | moves << 16;
+                }
+            }
+        }
+        pairs
+    }
+
+    /// The entry of the code at the top of the 16-bit `top` if it is at most `max_len` bits long.
+    fn code_within(&self, top: u32, max_len: u32) -> Option<u32> {
+        (1..=max_len).find_map(|len| {
+            let code = (top >> (16 - len)) as i32;
+            (code <= self.maxcode[len as usize]).then(|| {
+                let index = (code + self.delta[len as usize]) as usize;
+                entry(self.values[index], len)
+            })
+        })
+    }
+
+    /// The entry of the code at the top of `buf` (left-aligned, at least 16 valid bits); `None`
+    /// for bits that are no code.
+    #[inline(always)]
+    fn lookup(&self, buf: u64) -> Option<u32> {
+        let e = self.lut[(buf >> (64 - LUT_BITS)) as usize];
+        if e != 0 {
+            return Some(e);
+        }
+        self.lookup_long(buf)
+    }
+
+    /// Codes longer than `LUT_BITS` (F.2.2.3, Figure F.16).
+    #[cold]
+    #[inline(never)]
+    fn lookup_long(&self, buf: u64) -> Option<u32> {
+        let bits = (buf >> 48) as i32;
+        for len in LUT_BITS + 1..=16 {
+            let code = bits >> (16 - len);
+            if code <= self.maxcode[len as usize] {
+                let index = usize::try_from(code + self.delta[len as usize]).ok()?;
+                return Some(entry(*self.values.get(index)?, len));
+            }
+        }
+        None
     }
 }
 
-/// The entropy-coded bytes of a scan, read MSB first.
-struct Bits<'a> {
-    data: &'a [u8],
-    /// The next byte to read.
-    pos: usize,
-    /// Unread bits, left-aligned.
-    buf: u64,
-    /// How many of `buf`'s bits are valid.
-    n: u32,
-    /// The marker that ended the data (the byte after its `FF`), once reached; zero bits follow it,
-    /// as in libjpeg and jpeg-decoder.
-    marker: Option<u8>,
-    /// Where the bytes after that marker begin.
-    after_marker: usize,
-    /// How many of the `n` bits are that zero padding.
-    padding: u32,
+/// The entropy-coded data of the scan with the byte stuffing removed (`FF 00` is a data `FF`),
+/// cut at its restart markers.
+struct Unstuffed {
+    /// The data bytes, then `PADDING` zero bytes: reading past the end gives zero bits, as in
+    /// libjpeg and jpeg-decoder.
+    data: Vec<u8>,
+    /// For each restart interval, where its data ends in `data`, and the restart marker after it
+    /// (`None` after the last).
+    intervals: Vec<(usize, Option<u8>)>,
+    /// Where the marker that ends the scan begins in the file (its first `FF`).
+    end: usize,
 }
 
-impl<'a> Bits<'a> {
-    fn new(data: &'a [u8], pos: usize) -> Self {
-        Bits {
-            data,
-            pos,
-            buf: 0,
-            n: 0,
-            marker: None,
-            after_marker: 0,
-            padding: 0,
+/// Zero bytes after the data: a refill reads 8 bytes from at most 8 bytes past the last data bit.
+const PADDING: usize = 16;
+
+/// Removes the stuffing from the data that begins at `start` (F.1.2.3, B.1.1.2: markers may be
+/// preceded by fill bytes `FF`). `None` when the data does not end in a marker (truncated) or
+/// holds `FF FF 00`, which jpeg-decoder refuses.
+fn unstuff(bytes: &[u8], start: usize) -> Option<Unstuffed> {
+    let mut data = Vec::with_capacity(bytes.len().saturating_sub(start) + PADDING);
+    let mut intervals = Vec::new();
+    let mut pos = start;
+    let end = loop {
+        let rest = bytes.get(pos..)?;
+        let ff = pos + find_ff(rest)?;
+        data.extend_from_slice(&bytes[pos..ff]);
+        let mut at = ff + 1;
+        while *bytes.get(at)? == 0xFF {
+            at += 1;
         }
+        match bytes[at] {
+            0x00 if at == ff + 1 => data.push(0xFF),
+            0x00 => return None,
+            rst @ 0xD0..=0xD7 => intervals.push((data.len(), Some(rst))),
+            _ => break ff,
+        }
+        pos = at + 1;
+    };
+    intervals.push((data.len(), None));
+    data.resize(data.len() + PADDING, 0);
+    Some(Unstuffed {
+        data,
+        intervals,
+        end,
+    })
+}
+
+/// The offset of the first `FF` byte, eight bytes at a time.
+fn find_ff(bytes: &[u8]) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let w = !u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        if w.wrapping_sub(0x0101_0101_0101_0101) & !w & 0x8080_8080_8080_8080 != 0 {
+            break;
+        }
+        offset += 8;
+    }
+    bytes[offset..]
+        .iter()
+        .position(|&b| b == 0xFF)
+        .map(|i| offset + i)
+}
+
+/// A bit reader over [`Unstuffed::data`], MSB first.
+///
+/// The refill is the branch-free one of F. Giesen's "Reading bits in far too many ways" (variant
+/// 4): `buf` always holds the stream's next bits, of which the first `n` (56 to 63 after a
+/// refill) are counted, so or-ing the next 8 bytes in at `n` rewrites uncounted bits with
+/// themselves.
+struct Reader<'a> {
+    data: &'a [u8],
+    /// The byte after the last one loaded.
+    pos: usize,
+    buf: u64,
+    n: u32,
+}
+
+impl<'a> Reader<'a> {
+    /// The stream position, in bits, of the next unread bit.
+    fn bit_position(&self) -> usize {
+        self.pos * 8 - self.n as usize
+    }
+
+    /// Starts reading at byte `pos`.
+    fn seek(&mut self, pos: usize) {
+        self.pos = pos;
+        self.buf = 0;
+        self.n = 0;
     }
 
     /// Ensures at least 32 valid bits: enough for a code (up to 16 bits) and the value bits after it
-    /// (up to 15). `None` when the data ends without a marker.
+    /// (up to 15). `None` past the padding (only corrupt data gets there).
     #[inline(always)]
     fn refill(&mut self) -> Option<()> {
-        if self.n >= 32 {
-            return Some(());
-        }
-        if let Some(word) = self.data.get(self.pos..self.pos + 8) {
-            let word = u64::from_be_bytes(word.try_into().expect("8 bytes"));
-            // No byte is FF (no stuffing, no marker): whole bytes go straight in.
-            let ff = !word;
-            if ff.wrapping_sub(0x0101_0101_0101_0101) & !ff & 0x8080_8080_8080_8080 == 0
-                && self.marker.is_none()
-            {
-                let bytes = (63 - self.n) / 8;
-                self.buf |= (word >> (64 - 8 * bytes)) << (64 - self.n - 8 * bytes);
-                self.n += 8 * bytes;
-                self.pos += bytes as usize;
-                return Some(());
-            }
-        }
-        self.refill_bytewise()
-    }
-
-    /// Byte by byte (F.2.2.5): `FF 00` is a data `FF`; `FF` then anything else (after optional fill
-    /// bytes) is a marker, after which zero bits are supplied.
-    #[cold]
-    fn refill_bytewise(&mut self) -> Option<()> {
-        while self.n <= 56 {
-            let byte = if self.marker.is_some() {
-                self.padding += 8;
-                0
-            } else {
-                let byte = *self.data.get(self.pos)?;
-                if byte == 0xFF {
-                    let mut at = self.pos + 1;
-                    while *self.data.get(at)? == 0xFF {
-                        at += 1;
-                    }
-                    match self.data[at] {
-                        0x00 if at == self.pos + 1 => self.pos += 2,
-                        0x00 => return None, // `FF FF 00`: jpeg-decoder refuses it
-                        marker => {
-                            self.marker = Some(marker);
-                            self.after_marker = at + 1;
-                            continue;
-                        }
-                    }
-                } else {
-                    self.pos += 1;
-                }
-                byte
-            };
-            self.buf |= u64::from(byte) << (56 - self.n);
-            self.n += 8;
+        if self.n < 32 {
+            let word = self.data.get(self.pos..self.pos + 8)?;
+            self.buf |= u64::from_be_bytes(word.try_into().expect("8 bytes")) >> self.n;
+            self.pos += ((63 - self.n) >> 3) as usize;
+            self.n |= 56;
         }
         Some(())
     }
@@ -194,31 +322,6 @@ impl<'a> Bits<'a> {
         self.n -= count;
     }
 
-    /// One Huffman-coded symbol; needs 16 valid bits. `None` for bits that are no code.
-    #[inline(always)]
-    fn symbol(&mut self, table: &Table) -> Option<u8> {
-        let entry = table.lut[(self.buf >> (64 - LUT_BITS)) as usize];
-        if entry != 0 {
-            self.consume(u32::from(entry >> 8));
-            return Some(entry as u8);
-        }
-        self.symbol_long(table)
-    }
-
-    #[cold]
-    fn symbol_long(&mut self, table: &Table) -> Option<u8> {
-        let bits = (self.buf >> 48) as i32;
-        for len in LUT_BITS + 1..=16 {
-            let code = bits >> (16 - len);
-            if code <= table.maxcode[len as usize] {
-                self.consume(len);
-                let index = usize::try_from(code + table.delta[len as usize]).ok()?;
-                return table.values.get(index).copied();
-            }
-        }
-        None
-    }
-
     /// The next `count` (1..=16) bits as an unsigned number.
     #[inline(always)]
     fn bits(&mut self, count: u32) -> u32 {
@@ -227,41 +330,16 @@ impl<'a> Bits<'a> {
         v
     }
 
-    /// A coefficient of magnitude category `size` (1..=15): `EXTEND` of F.2.2.1, in i16 as
-    /// jpeg-decoder's `extend`.
+    /// The value of the code + value bits `e` describes (F.2.2.1 `EXTEND`, in i16 as jpeg-decoder's
+    /// `extend`; 0 for a size of 0), and the reader past them. No branch on the data.
     #[inline(always)]
-    fn value(&mut self, size: u32) -> i16 {
-        let v = self.bits(size) as i32;
-        let v = if v < 1 << (size - 1) {
-            v - (1 << size) + 1
-        } else {
-            v
-        };
-        v as i16
-    }
-
-    /// At a restart point or the end of the scan: the marker that must follow the data, once only
-    /// the byte-alignment padding of the last byte is left (fewer than 8 bits). Leaves the reader
-    /// empty, positioned after the marker.
-    fn take_marker(&mut self) -> Option<u8> {
-        if self.n - self.padding >= 8 {
-            return None;
-        }
-        if self.marker.is_none() {
-            // Only whole bytes are buffered: the marker must be the very next bytes.
-            self.buf = 0;
-            self.n = 0;
-            self.refill_bytewise()?;
-            if self.n != self.padding {
-                return None;
-            }
-        }
-        let marker = self.marker.take()?;
-        self.pos = self.after_marker;
-        self.buf = 0;
-        self.n = 0;
-        self.padding = 0;
-        Some(marker)
+    fn value(&mut self, e: u32) -> i16 {
+        let size = symbol(e) & 15;
+        // The size's bits after the code, as a number (rotating by 0 and masking gives 0).
+        let v = ((self.buf << code_len(e)).rotate_left(size) & ((1 << size) - 1)) as i32;
+        self.consume(skip(e));
+        let negative = v < (1 << size) >> 1;
+        (v - i32::from(negative) * ((1 << size) - 1)) as i16
     }
 }
 
@@ -338,15 +416,11 @@ pub(crate) fn decode(
         c.plane = vec![0; c.stride * c.rows];
     }
     let end = scan(bytes, &mut setup, mcus_x, mcus_y)?;
-    // The end-of-image marker must follow (restart markers before it are skipped, as jpeg-decoder
-    // does); more scans or anything else are left to jpeg-decoder.
-    let mut pos = end;
-    loop {
-        match bytes.get(pos..pos + 2)? {
-            [0xFF, 0xD9] => break,
-            [0xFF, 0xD0..=0xD7] => pos += 2,
-            _ => return None,
-        }
+    // The end-of-image marker must follow (after optional fill bytes); more scans or anything else
+    // are left to jpeg-decoder.
+    let fill = bytes[end..].iter().take_while(|&&b| b == 0xFF).count();
+    if fill == 0 || bytes.get(end + fill) != Some(&0xD9) {
+        return None;
     }
     let pixels = match colour {
         Colour::Grey => {
@@ -551,7 +625,19 @@ fn scan(bytes: &[u8], setup: &mut Setup, mcus_x: usize, mcus_y: usize) -> Option
         .iter()
         .map(|c| Some((dc[c.dc].as_ref()?, ac[c.ac].as_ref()?)))
         .collect::<Option<_>>()?;
-    let mut bits = Bits::new(bytes, *scan);
+    let unstuffed = unstuff(bytes, *scan)?;
+    let mut intervals = unstuffed.intervals.iter();
+    let mut interval_end = intervals.next()?;
+    let mut bits = Reader {
+        data: &unstuffed.data,
+        pos: 0,
+        buf: 0,
+        n: 0,
+    };
+    // Only the byte-alignment padding of the interval's last byte may be left unread.
+    let at_end = |bits: &Reader<'_>, end: usize| {
+        matches!((end * 8).checked_sub(bits.bit_position()), Some(0..=7))
+    };
     let mut predictors = [0i16; 3];
     let mut eob_run = 0u16;
     let mut left = *restart_interval;
@@ -560,9 +646,12 @@ fn scan(bytes: &[u8], setup: &mut Setup, mcus_x: usize, mcus_y: usize) -> Option
         for mcu_x in 0..mcus_x {
             if *restart_interval > 0 {
                 if left == 0 {
-                    if bits.take_marker()? != 0xD0 + expected_rst {
+                    let &(end, marker) = interval_end;
+                    if !at_end(&bits, end) || marker != Some(0xD0 + expected_rst) {
                         return None;
                     }
+                    bits.seek(end);
+                    interval_end = intervals.next()?;
                     predictors = [0; 3];
                     eob_run = 0;
                     expected_rst = (expected_rst + 1) % 8;
@@ -586,14 +675,12 @@ fn scan(bytes: &[u8], setup: &mut Setup, mcus_x: usize, mcus_y: usize) -> Option
             }
         }
     }
-    // Only the byte-alignment padding of the last byte may be left; the marker follows.
-    if bits.n - bits.padding >= 8 {
+    // The data must end here; restart markers after the last interval are skipped (as jpeg-decoder
+    // does), which leaves empty intervals.
+    if !at_end(&bits, interval_end.0) || intervals.any(|&(end, _)| end != interval_end.0) {
         return None;
     }
-    Some(match bits.marker {
-        Some(_) => bits.after_marker - 2,
-        None => bits.pos,
-    })
+    Some(unstuffed.end)
 }
 
 /// The coefficients at natural positions 0, 1, 8, 9 of a block (quantised).
@@ -605,58 +692,77 @@ type Block = [i16; 4];
 /// reads it.
 #[inline(always)]
 fn block(
-    bits: &mut Bits<'_>,
+    bits: &mut Reader<'_>,
     dc: &Table,
     ac: &Table,
     predictor: &mut i16,
     eob_run: &mut u16,
 ) -> Option<Block> {
     bits.refill()?;
-    let size = u32::from(bits.symbol(dc)?);
-    let diff = match size {
-        0 => 0,
-        1..=11 => bits.value(size),
-        _ => return None,
-    };
-    *predictor = predictor.wrapping_add(diff);
+    let e = dc.lookup(bits.buf)?;
+    if symbol(e) > 11 {
+        return None; // no DC difference is that large (F.1.2.1.1, Table F.1)
+    }
+    *predictor = predictor.wrapping_add(bits.value(e));
     let mut block = [*predictor, 0, 0, 0];
     if *eob_run > 0 {
         *eob_run -= 1;
         return Some(block);
     }
+    // Up to zigzag position 4, the values at positions 1, 2 and 4 are kept, picked by position
+    // without branching on the data (an end of block or a zero run has the value 0).
     let mut k = 1u32;
+    while k <= ZZ_11 {
+        bits.refill()?;
+        let e = ac.lookup(bits.buf)?;
+        if advance(e) == 0 {
+            return end_of_band_run(bits, e, block, eob_run);
+        }
+        let at = k + (symbol(e) >> 4);
+        let value = bits.value(e);
+        for (slot, position) in block[1..].iter_mut().zip([ZZ_01, ZZ_10, ZZ_11]) {
+            *slot = if at == position { value } else { *slot };
+        }
+        k += advance(e);
+    }
+    // The rest is skipped, code and value bits at once, two symbols at a time where both codes
+    // fit in `PAIR_BITS`. The only branch that depends on the data is the one that leaves the
+    // loop, once per block.
     while k < 64 {
         bits.refill()?;
-        let rs = u32::from(bits.symbol(ac)?);
-        let (run, size) = (rs >> 4, rs & 15);
-        if size == 0 {
-            if run == 15 {
-                k += 16;
-                continue;
+        let pair = ac.pairs[(bits.buf >> (64 - PAIR_BITS)) as usize];
+        if pair == 0 || k + (pair >> 16) >= 64 {
+            // A long code, an end-of-band run, or a first symbol that ends the block.
+            let e = ac.lookup(bits.buf)?;
+            if advance(e) == 0 {
+                return end_of_band_run(bits, e, block, eob_run);
             }
-            *eob_run = (1u16 << run) - 1;
-            if run > 0 {
-                *eob_run += bits.bits(run) as u16;
-            }
-            break;
+            bits.consume(skip(e));
+            k += advance(e);
+            continue;
         }
-        k += run;
-        if k >= 64 {
-            // jpeg-decoder reads this differently depending on its lookup table: left to it.
-            return None;
-        }
-        if k <= ZZ_11 && k != 3 {
-            let value = bits.value(size);
-            block[match k {
-                ZZ_01 => 1,
-                ZZ_10 => 2,
-                _ => 3,
-            }] = value;
-        } else {
-            bits.consume(size);
-        }
-        k += 1;
+        bits.consume(pair & 63);
+        k += (pair >> 8) & 0xFF;
     }
+    // 64: the last coefficient was at position 63; EOB and up: an end of block. Anything between
+    // is a coefficient past position 63 or a zero run past the end, which jpeg-decoder reads
+    // differently depending on its lookup table: left to it.
+    (k == 64 || k >= EOB).then_some(block)
+}
+
+/// An end-of-band run (`r` > 0, size 0; G.1.2.2): this block's and the next `2^r - 1 + bits`
+/// blocks' AC data end here, as jpeg-decoder reads it in a sequential scan.
+#[cold]
+#[inline(never)]
+fn end_of_band_run(
+    bits: &mut Reader<'_>,
+    e: u32,
+    block: Block,
+    eob_run: &mut u16,
+) -> Option<Block> {
+    let run = symbol(e) >> 4;
+    bits.consume(code_len(e));
+    *eob_run = (1u16 << run) - 1 + bits.bits(run) as u16;
     Some(block)
 }
 
@@ -675,10 +781,9 @@ fn idct_2x2(block: &Block, q: &[i32; 4], out: &mut [u8], stride: usize) {
     let x1 = s01.wrapping_add(s11);
     let x3 = s01.wrapping_sub(s11);
     let clamp = |x: i32| (x >> 3).clamp(0, 255) as u8;
-    out[0] = clamp(x0.wrapping_add(x1));
-    out[1] = clamp(x0.wrapping_sub(x1));
-    out[stride] = clamp(x2.wrapping_add(x3));
-    out[stride + 1] = clamp(x2.wrapping_sub(x3));
+    let (top, bottom) = out.split_at_mut(stride);
+    top[..2].copy_from_slice(&[clamp(x0.wrapping_add(x1)), clamp(x0.wrapping_sub(x1))]);
+    bottom[..2].copy_from_slice(&[clamp(x2.wrapping_add(x3)), clamp(x2.wrapping_sub(x3))]);
 }
 
 /// Upsamples the chroma to the luma's grid as jpeg-decoder's `Upsampler` does (the "fancy"
