@@ -1,8 +1,8 @@
 //! Preprocessing speed on a 12-MP photo (4000 x 3000): the PIL-exact bicubic resize alone, JPEG
 //! decoding alone, and the whole `image_transform` (decode + resize + normalize) of a JPEG, with
 //! full-size decoding (`JpegDecode::Exact`, the default) and reduced-scale decoding
-//! (`JpegDecode::Scaled`: 1/4 here). The `image` crate encodes the JPEG as 4:4:4; camera JPEGs are
-//! mostly 4:2:0, where the scaled path gains more (`examples/decode_fidelity.rs` measures those).
+//! (`JpegDecode::Scaled`: 1/4 here). The JPEG is baseline 4:2:0 at quality 90, as most camera JPEGs
+//! (`examples/decode_fidelity.rs` measures real-sized photo-like ones, with the embeddings).
 //!
 //! `cargo bench -p cnclip-model --bench preprocess`. For comparison, PIL on the same machine:
 //! `Image.open(f).resize((224, 224), Image.BICUBIC).convert("RGB")` + ToTensor/Normalize.
@@ -17,8 +17,7 @@ use cnclip_model::preprocess::{
     PreprocessOptions, SourceImage,
 };
 use criterion::{criterion_group, criterion_main, Criterion};
-use image::codecs::jpeg::JpegEncoder;
-use image::ExtendedColorType;
+use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
 const W: u32 = 4000;
 const H: u32 = 3000;
@@ -46,8 +45,10 @@ fn bench(c: &mut Criterion) {
     let pixels = photo();
     let img = SourceImage::from_u8(W, H, PixelMode::Rgb, pixels.clone()).unwrap();
     let mut jpeg = Vec::new();
-    JpegEncoder::new_with_quality(&mut jpeg, 90)
-        .encode(&pixels, W, H, ExtendedColorType::Rgb8)
+    let mut encoder = Encoder::new(&mut jpeg, 90);
+    encoder.set_sampling_factor(SamplingFactor::R_4_2_0);
+    encoder
+        .encode(&pixels, W as u16, H as u16, ColorType::Rgb)
         .unwrap();
     let opts = PreprocessOptions::default();
     let scaled = PreprocessOptions {

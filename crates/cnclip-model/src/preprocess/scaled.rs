@@ -5,7 +5,10 @@
 //! samples out of the block's low frequencies), which is what PIL's `Image.draft()` asks it for. The
 //! entropy decoding still reads every coefficient, but the IDCT, the chroma upsampling, the colour
 //! conversion and the resize that follows work on 4 or 16 times fewer pixels. zune-jpeg (the exact
-//! path, behind the `image` crate) has no such mode, so the `jpeg-decoder` crate (image-rs) does this.
+//! path, behind the `image` crate) has no such mode. At 1/4, baseline JPEGs of the usual layouts go
+//! to [`super::quarter`], which does not even keep the coefficients the 2x2 IDCT does not read
+//! (half the time of the alternative); everything else at reduced scale to the `jpeg-decoder` crate
+//! (image-rs), whose samples `quarter` reproduces before the colour conversion.
 //! The reduced image is then resized with the same PIL-replica bicubic as every other image, over the
 //! area the full picture covers (`SourceImage::area`: a partial 8-pixel block at the right or bottom
 //! edge gives a whole reduced pixel).
