@@ -3,7 +3,9 @@
 
 This machine is shared and noisy, so absolute times drift; the two implementations are timed
 alternately on the same checkpoint, the same batch shapes and the same number of threads, and
-only ratios are meant to be compared across runs.
+only ratios are meant to be compared across runs. Each image row's cn_clip figure is the mean of
+a measurement right before cnclip's and one right after, and the summary gives each row's median
+ratio over the rounds (`--rounds`, default 3; `--images-only` skips the text and tokenizer rows).
 
     cargo build --release -p cnclip-cli
     python3 tools/gen_fullsize.py --out /tmp/cnclip-full --models ViT-B-16
@@ -19,6 +21,7 @@ image tower is also exported to ONNX and timed in ONNX Runtime, fp32 and dynamic
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -117,7 +120,8 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "cnclip"))
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--images-only", action="store_true", help="image tower rows only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
@@ -141,17 +145,20 @@ def main():
     rows = []
     for r in range(args.rounds):
         for batch in (8, 1):
-            ref = torch_images_per_s(model, batch, args.iters, size)
+            before = torch_images_per_s(model, batch, args.iters, size)
+            measured = []
             for precision in ("f32", "q8"):
                 ours = cnclip(args.binary, "--what", "image", "--model", args.checkpoint,
                               "--batch", str(batch), "--iters", str(args.iters),
                               "--precision", precision)["images_per_s"]
-                rows.append((f"image tower {precision}, batch {batch} (images/s)", ours, ref,
-                             ours / ref))
+                measured.append((f"image tower {precision}, batch {batch} (images/s)", ours))
             for name, session in (sessions or {}).items():
-                ort_ips = ort_images_per_s(session, batch, args.iters, size)
-                rows.append((f"  ONNX Runtime {name}, batch {batch} (images/s)", ort_ips, ref,
-                             ort_ips / ref))
+                measured.append((f"  ONNX Runtime {name}, batch {batch} (images/s)",
+                                 ort_images_per_s(session, batch, args.iters, size)))
+            ref = (before + torch_images_per_s(model, batch, args.iters, size)) / 2
+            rows += [(name, ips, ref, ips / ref) for name, ips in measured]
+        if args.images_only:
+            continue
         ref = torch_text_p50_ms(model, args.iters)
         for precision in ("f32", "q8"):
             ours = cnclip(args.binary, "--what", "text", "--model", args.checkpoint, "--batch", "1",
@@ -171,6 +178,10 @@ def main():
         print(f"{name:50} {ours:12.2f} {ref:12.2f} {ratio:7.2f}x")
     print("ratio > 1 means faster than cn_clip (PyTorch) in the same run; ONNX Runtime rows "
           "compare ONNX Runtime to cn_clip.")
+    print(f"\nmedian ratio over {args.rounds} rounds (min, max):")
+    for name in dict.fromkeys(name for name, *_ in rows):
+        ratios = sorted(ratio for n, _, _, ratio in rows if n == name)
+        print(f"{name:50} {statistics.median(ratios):7.2f}x  ({ratios[0]:.2f}, {ratios[-1]:.2f})")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
 //! At 1/4 scale each 8x8 block gives 2x2 samples, computed from its four lowest frequencies (libjpeg's
 //! `jpeg_idct_2x2` reads the same four; jpeg-decoder's `dequantize_and_idct_block_2x2`, used by
 //! [`super::scaled`] otherwise, computes them the same way). Every other coefficient must still be
-//! read to find where the next one starts, but it is only skipped: no sign extension, no
-//! coefficient buffer, no zeroing. Bits are fetched eight bytes at a time when no `FF` byte is among
-//! them. On 12-MP photos this takes less than half of jpeg-decoder's time for the same pixels.
+//! read to find where the next one starts, but it is only skipped: code and value bits at once, two
+//! symbols per table lookup where both codes fit in [`PAIR_BITS`], with no sign extension, no
+//! coefficient buffer and no zeroing. The byte stuffing is removed in one pass first, so the bit
+//! reader refills eight bytes at a time without branching on the data. On a 12-MP photo (4:2:0,
+//! quality 90) this takes 22 ms where jpeg-decoder takes 43 ms for the same samples.
 //!
 //! The samples equal jpeg-decoder's at 1/4 scale bit for bit before the colour conversion (same
 //! reduced IDCT and the same "fancy" triangle-filter chroma upsampling, tested on every sampling
@@ -175,13 +177,10 @@ impl Table {
 
     /// The entry of the code at the top of the 16-bit `top` if it is at most `max_len` bits long.
     fn code_within(&self, top: u32, max_len: u32) -> Option<u32> {
-        (1..=max_len).find_map(|len| {
-            let code = (top >> (16 - len)) as i32;
-            (code <= self.maxcode[len as usize]).then(|| {
-                let index = (code + self.delta[len as usize]) as usize;
-                entry(self.values[index], len)
-            })
-        })
+        let len =
+            (1..=max_len).find(|&len| (top >> (16 - len)) as i32 <= self.maxcode[len as usize])?;
+        let index = usize::try_from((top >> (16 - len)) as i32 + self.delta[len as usize]).ok()?;
+        Some(entry(*self.values.get(index)?, len))
     }
 
     /// The entry of the code at the top of `buf` (left-aligned, at least 16 valid bits); `None`
@@ -1085,13 +1084,21 @@ mod tests {
         let mut cut = bytes[..scan + (bytes.len() - scan) / 2].to_vec();
         cut.extend([0xFF, 0xD9]);
         assert_eq!(decode(&cut, Colour::YCbCr, usize::MAX), None);
-        // Flipped bits anywhere in the scan: any result but a panic.
+        // Flipped bits anywhere in the file (headers and tables too), and files cut anywhere: any
+        // result but a panic.
         let mut state = 12345u32;
-        for _ in 0..500 {
+        let mut next = || {
             state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            let at = scan + (state as usize >> 8) % (bytes.len() - 2 - scan);
+            state >> 8
+        };
+        for i in 0..1000 {
+            let at = next() as usize % bytes.len();
             let mut damaged = bytes.clone();
-            damaged[at] ^= 1 << (state % 8);
+            if i % 4 == 0 {
+                damaged.truncate(at);
+            } else {
+                damaged[at] ^= 1 << (next() % 8);
+            }
             let _ = decode(&damaged, Colour::YCbCr, usize::MAX);
         }
     }
