@@ -6,43 +6,6 @@
 //! softmax over labels. Inference is always deterministic (no dropout: cn_clip keeps dropout on
 //! unless `.eval()` is called).
 
-/// Defines a function whose body is compiled for AVX-512 (F, BW, DQ, VL + FMA), for AVX2 + FMA
-/// and for baseline x86-64, and runs the widest the CPU has (`ops::simd_level`). The crate is
-/// built for baseline x86-64, so the element-wise loops (epilogues, LayerNorm, softmax,
-/// activation quantization) would otherwise get SSE2's 4 lanes; measured on the Zen 4 build
-/// machine, QuickGELU and residual epilogues took 20% of a q8 image batch that way. Only the
-/// instruction width changes: Rust never contracts `a * b + c` into an FMA and sums keep their
-/// order, so every variant gives the same bits. The body is a nested `#[inline(always)]` function,
-/// so it is inlined into (and compiled with) each variant.
-macro_rules! simd_fn {
-    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$attr])*
-        #[allow(unsafe_code)]
-        $vis fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                // SAFETY: each variant runs only on a CPU with the features it enables.
-                match $crate::model::ops::simd_level() {
-                    2 => return unsafe { avx512($($arg),*) },
-                    1 => return unsafe { avx2($($arg),*) },
-                    _ => {}
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-
 pub mod bert;
 pub mod ops;
 pub mod panels;

@@ -187,8 +187,10 @@ pub(crate) fn bicubic_u8<const C: usize>(
 
 /// `ImagingResampleHorizontal_8bpc` over `rows` rows of width `in_w`.
 ///
-/// Plain scalar loops: splitting the weights into `i16` halves for `pmaddwd` dot products over
-/// channel planes was measured slower (65 vs 45 ms for 12 MP to 224) with only SSE2 to rely on.
+/// Each row is first split into one `i32` plane per channel, so that every output sample is a
+/// contiguous dot product of a plane stretch with the taps, which vectorizes (integer sums are
+/// exact in any order, so the result is Pillow's to the bit). Summing the interleaved samples in
+/// place, as Pillow does, left the compiler only scalar code: 44 ms for a 12-MP photo to 224.
 fn horizontal_u8<const C: usize>(
     src: &[u8],
     in_w: usize,
@@ -197,25 +199,57 @@ fn horizontal_u8<const C: usize>(
 ) -> Vec<u8> {
     let out_w = coeffs.starts.len();
     let mut out = vec![0u8; out_w * rows * C];
+    let mut planes = vec![0i32; in_w * C];
     for (line_in, line_out) in src
         .chunks_exact(in_w * C)
         .zip(out.chunks_exact_mut(out_w * C))
     {
-        for (xx, px_out) in line_out.chunks_exact_mut(C).enumerate() {
-            let (xmin, k) = coeffs.taps(xx);
-            let px_in = &line_in[xmin * C..(xmin + k.len()) * C];
-            let mut ss = [HALF; C];
-            for (px, &kx) in px_in.chunks_exact(C).zip(k) {
-                for c in 0..C {
-                    ss[c] += i32::from(px[c]) * kx;
+        horizontal_row(line_in, C, &mut planes, coeffs, line_out);
+    }
+    out
+}
+
+simd_fn! {
+    /// One row of [`horizontal_u8`] with `channels` interleaved channels; `planes` is scratch of
+    /// the row's length.
+    fn horizontal_row(
+        line_in: &[u8],
+        channels: usize,
+        planes: &mut [i32],
+        coeffs: &Coeffs<i32>,
+        line_out: &mut [u8]
+    ) {
+        let in_w = line_in.len() / channels;
+        match channels {
+            // Fixed strides, so that the compiler turns the interleaved loads into shuffles.
+            3 => {
+                let (r, gb) = planes.split_at_mut(in_w);
+                let (g, b) = gb.split_at_mut(in_w);
+                for ((((px, r), g), b), _) in line_in.chunks_exact(3).zip(r).zip(g).zip(b).zip(0..in_w) {
+                    (*r, *g, *b) = (i32::from(px[0]), i32::from(px[1]), i32::from(px[2]));
                 }
             }
-            for c in 0..C {
-                px_out[c] = clip8(ss[c]);
+            1 => planes.iter_mut().zip(line_in).for_each(|(p, &v)| *p = i32::from(v)),
+            _ => {
+                for (x, px) in line_in.chunks_exact(channels).enumerate() {
+                    for (c, &v) in px.iter().enumerate() {
+                        planes[c * in_w + x] = i32::from(v);
+                    }
+                }
+            }
+        }
+        for (xx, px_out) in line_out.chunks_exact_mut(channels).enumerate() {
+            let (xmin, k) = coeffs.taps(xx);
+            for (o, plane) in px_out.iter_mut().zip(planes.chunks_exact(in_w)) {
+                let dot: i32 = plane[xmin..xmin + k.len()]
+                    .iter()
+                    .zip(k)
+                    .map(|(&p, &kx)| p * kx)
+                    .sum();
+                *o = clip8(HALF + dot);
             }
         }
     }
-    out
 }
 
 /// `ImagingResampleVertical_8bpc`: `src` holds rows `offset ..` of an image of width `width`.
@@ -237,16 +271,22 @@ fn vertical_u8<const C: usize>(
         acc.fill(HALF);
         for (j, &ky) in k.iter().enumerate() {
             let row = ymin + j - offset;
-            let line_in = &src[row * stride..(row + 1) * stride];
-            for (a, &p) in acc.iter_mut().zip(line_in) {
-                *a += i32::from(p) * ky;
-            }
+            accumulate_row(&mut acc, &src[row * stride..(row + 1) * stride], ky);
         }
         for (o, &a) in line_out.iter_mut().zip(&acc) {
             *o = clip8(a);
         }
     }
     out
+}
+
+simd_fn! {
+    /// `acc += line · ky`, one tap of [`vertical_u8`].
+    fn accumulate_row(acc: &mut [i32], line: &[u8], ky: i32) {
+        for (a, &p) in acc.iter_mut().zip(line) {
+            *a += i32::from(p) * ky;
+        }
+    }
 }
 
 /// `ROUND_UP(f)`: `(int)(f + 0.5)` for non-negative values, `(int)(f - 0.5)` otherwise.
