@@ -17,7 +17,7 @@
 //! EXIF orientation is applied by default (cn_clip ignores it, so a portrait photo from a phone is
 //! embedded lying on its side), and images above [`DEFAULT_MAX_PIXELS`] are refused before decoding.
 //! A third is opt-in: [`JpegDecode::Scaled`] decodes large JPEGs at reduced scale in the DCT domain,
-//! about four times as fast on 12-MP photos, for pixels that differ by about half a level on average.
+//! about 3.5 times as fast on 12-MP photos, for pixels that differ by about half a level on average.
 //!
 //! ```no_run
 //! use cnclip_model::preprocess::{preprocess_path, PreprocessOptions};
@@ -95,7 +95,7 @@ pub enum JpegDecode {
     /// resized to `S x S` with the same bicubic, over exactly the area of the full picture.
     ///
     /// Measured on 12-MP photo-like JPEGs (4000x3000, quality 90, 4:2:0) at `S` = 224, decoded at
-    /// 1/4: 4.3x faster (26 vs 111 ms per photo for decode + resize on the build machine; baseline
+    /// 1/4: 3.5x faster (24 vs 84 ms per photo for decode + resize on the build machine; baseline
     /// JPEGs at 1/4 go through a decoder that skips the coefficients the reduced IDCT does not
     /// read; 1.15x for progressive JPEGs, whose entropy decoding dominates); the resized pixels
     /// differ from [`JpegDecode::Exact`]'s by 0.56 levels on average and 15 at most (more on sharp
