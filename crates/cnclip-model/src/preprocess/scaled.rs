@@ -5,10 +5,10 @@
 //! samples out of the block's low frequencies), which is what PIL's `Image.draft()` asks it for. The
 //! entropy decoding still reads every coefficient, but the IDCT, the chroma upsampling, the colour
 //! conversion and the resize that follows work on 4 or 16 times fewer pixels. zune-jpeg (the exact
-//! path, behind the `image` crate) has no such mode. At 1/4, baseline JPEGs of the usual layouts go
-//! to [`super::quarter`], which does not even keep the coefficients the 2x2 IDCT does not read
-//! (half the time of the alternative); everything else at reduced scale to the `jpeg-decoder` crate
-//! (image-rs), whose samples `quarter` reproduces before the colour conversion.
+//! path, behind the `image` crate) has no such mode. Baseline JPEGs of the usual layouts go to
+//! [`super::reduced`], which does not even keep the coefficients the reduced IDCT does not read
+//! (half the time of the alternative at 1/4); everything else to the `jpeg-decoder` crate
+//! (image-rs), whose samples `reduced` reproduces before the colour conversion.
 //! The reduced image is then resized with the same PIL-replica bicubic as every other image, over the
 //! area the full picture covers (`SourceImage::area`: a partial 8-pixel block at the right or bottom
 //! edge gives a whole reduced pixel).
@@ -28,7 +28,7 @@ use zune_jpeg::zune_core::bytestream::ZCursor;
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
 
-use super::quarter;
+use super::reduced;
 use super::source::{PixelMode, SourceImage};
 
 /// The reduced image keeps at least `MIN_RATIO` times the output side `S` along both axes.
@@ -77,28 +77,23 @@ pub(crate) fn decode(
     max_alloc: usize,
 ) -> Option<SourceImage> {
     let (mode, transform) = colour(bytes)?;
-    let reduced = (width.div_ceil(reduction), height.div_ceil(reduction));
-    if reduction == 4 {
-        let colour = match transform {
-            ColorTransform::Grayscale => quarter::Colour::Grey,
-            ColorTransform::RGB => quarter::Colour::Rgb,
-            _ => quarter::Colour::YCbCr,
-        };
-        if let Some((w, h, pixels)) = quarter::decode(bytes, colour, max_alloc) {
-            if (w, h) == reduced {
-                return SourceImage::from_u8(w, h, mode, pixels)?
-                    .reduced_from(width, height, reduction);
-            }
+    let size = (width.div_ceil(reduction), height.div_ceil(reduction));
+    let colour = match transform {
+        ColorTransform::Grayscale => reduced::Colour::Grey,
+        ColorTransform::RGB => reduced::Colour::Rgb,
+        _ => reduced::Colour::YCbCr,
+    };
+    if let Some((w, h, pixels)) = reduced::decode(bytes, colour, reduction as usize, max_alloc) {
+        if (w, h) == size {
+            return SourceImage::from_u8(w, h, mode, pixels)?
+                .reduced_from(width, height, reduction);
         }
     }
     let run = || {
         let mut decoder = jpeg_decoder::Decoder::new(bytes);
         decoder.set_max_decoding_buffer_size(max_alloc);
         decoder.set_color_transform(transform);
-        let request = (
-            u16::try_from(reduced.0).ok()?,
-            u16::try_from(reduced.1).ok()?,
-        );
+        let request = (u16::try_from(size.0).ok()?, u16::try_from(size.1).ok()?);
         // jpeg-decoder picks the smallest of 1/8..8/8 that reaches the request (in either axis); the
         // request is exactly the size at the chosen reduction, so that is the reduction itself.
         if decoder.scale(request.0, request.1).ok()? != request {
@@ -109,7 +104,7 @@ pub(crate) fn decode(
     // A panic in the decoder (a bug on some hostile file) must not take the caller down: the exact
     // path then decides about the file.
     let pixels = catch_unwind(AssertUnwindSafe(run)).ok()??;
-    SourceImage::from_u8(reduced.0, reduced.1, mode, pixels)?.reduced_from(width, height, reduction)
+    SourceImage::from_u8(size.0, size.1, mode, pixels)?.reduced_from(width, height, reduction)
 }
 
 /// The mode and colour transform the exact path decodes a JPEG with, from zune-jpeg's own reading of

@@ -1,19 +1,20 @@
-//! Baseline JPEGs decoded at 1/4 scale straight from the entropy-coded data, for the common case of
-//! [`JpegDecode::Scaled`]: a camera photo far larger than the model's input.
+//! Baseline JPEGs decoded at 1/4 or 1/2 scale straight from the entropy-coded data, for the common
+//! case of [`JpegDecode::Scaled`]: a camera photo far larger than the model's input.
 //!
-//! At 1/4 scale each 8x8 block gives 2x2 samples, computed from its four lowest frequencies (libjpeg's
-//! `jpeg_idct_2x2` reads the same four; jpeg-decoder's `dequantize_and_idct_block_2x2`, used by
-//! [`super::scaled`] otherwise, computes them the same way). Every other coefficient must still be
-//! read to find where the next one starts, but it is only skipped: code and value bits at once, two
-//! symbols per table lookup where both codes fit in [`PAIR_BITS`], with no sign extension, no
-//! coefficient buffer and no zeroing. The byte stuffing is removed in one pass first, so the bit
-//! reader refills eight bytes at a time without branching on the data. On a 12-MP photo (4:2:0,
-//! quality 90) this takes 22 ms where jpeg-decoder takes 43 ms for the same samples.
+//! At 1/4 (1/2) scale each 8x8 block gives 2x2 (4x4) samples, computed from the same corner of its
+//! lowest frequencies (libjpeg's `jpeg_idct_2x2` / `jpeg_idct_4x4` read the same ones;
+//! jpeg-decoder's `dequantize_and_idct_block_2x2` / `_4x4`, used by [`super::scaled`] otherwise,
+//! compute them as here). Every other coefficient must still be read to find where the next one
+//! starts, but it is only skipped: code and value bits at once, two symbols per table lookup where
+//! both codes fit in [`PAIR_BITS`], with no sign extension, no coefficient buffer and no zeroing.
+//! The byte stuffing is removed in one pass first, so the bit reader refills eight bytes at a time
+//! without branching on the data. On a 12-MP photo (4:2:0, quality 90) at 1/4 this takes 22 ms
+//! where jpeg-decoder takes 43 ms for the same samples.
 //!
-//! The samples equal jpeg-decoder's at 1/4 scale bit for bit before the colour conversion (same
-//! reduced IDCT and the same "fancy" triangle-filter chroma upsampling, tested on every sampling
-//! layout handled here); the YCbCr to RGB conversion is libjpeg's (`jdcolor.c`), as in PIL, where
-//! jpeg-decoder's SIMD conversion differs by up to a level or two.
+//! The samples equal jpeg-decoder's at the same scale bit for bit before the colour conversion
+//! (same reduced IDCT and the same "fancy" triangle-filter chroma upsampling, tested on every
+//! sampling layout handled here); the YCbCr to RGB conversion is libjpeg's (`jdcolor.c`), as in
+//! PIL, where jpeg-decoder's SIMD conversion differs by up to a level or two.
 //!
 //! Only the plain case is handled: one interleaved sequential Huffman scan (SOF0/SOF1) of 8-bit
 //! samples, greyscale with 1x1 sampling or three components whose luma is 1x1, 2x1, 1x2 or 2x2 with
@@ -37,12 +38,39 @@ pub(crate) enum Colour {
     Rgb,
 }
 
-/// Zigzag positions of the four coefficients a 2x2 IDCT reads: (0,0), (0,1), (1,0), (1,1) in
-/// (row, column) of the block (ITU T.81 Figure A.6: 0, 1, 2 along the first anti-diagonals, 4 for
-/// (1,1)).
-const ZZ_01: u32 = 1;
-const ZZ_10: u32 = 2;
-const ZZ_11: u32 = 4;
+/// The kept coefficients of a block, quantised, row-major in its top-left `S`x`S` corner (`S` = 2
+/// or 4 samples per block side), then one slot ([`TRASH`]) where the others' values land unread.
+type Block = [i16; 17];
+
+/// The slot of [`Block`] that no IDCT reads.
+const TRASH: usize = 16;
+
+/// For an `S`x`S` IDCT: the [`Block`] slot of each zigzag position (ITU T.81 Figure A.6).
+const fn slots(s: usize) -> [u8; 64] {
+    let mut out = [TRASH as u8; 64];
+    let mut k = 0;
+    while k < 64 {
+        let (r, c) = (UNZIGZAG[k] / 8, UNZIGZAG[k] % 8);
+        if r < s && c < s {
+            out[k] = (r * s + c) as u8;
+        }
+        k += 1;
+    }
+    out
+}
+
+/// The last zigzag position an `S`x`S` IDCT reads: 4 for 2x2 ((1,1)), 24 for 4x4 ((3,3)).
+const fn last_kept(s: usize) -> u32 {
+    let slots = slots(s);
+    let mut k = 63;
+    while slots[k] as usize == TRASH {
+        k -= 1;
+    }
+    k as u32
+}
+
+const SLOTS_2: [u8; 64] = slots(2);
+const SLOTS_4: [u8; 64] = slots(4);
 
 /// Bits looked up at once when decoding a Huffman code; longer codes take the slow search.
 const LUT_BITS: u32 = 9;
@@ -348,15 +376,15 @@ struct Component {
     h: usize,
     v: usize,
     quant: usize,
-    /// The four quantisation factors the 2x2 IDCT needs, in the order of [`Block`].
-    q: [i32; 4],
+    /// The quantisation factors of the kept coefficients, in the order of [`Block`].
+    q: [i32; 16],
     dc: usize,
     ac: usize,
-    /// Samples per row of the reduced plane: 2 per block of the padded block grid.
+    /// Samples per row of the reduced plane: `S` per block of the padded block grid.
     stride: usize,
     /// Rows of the plane.
     rows: usize,
-    /// The part of the plane that is image (jpeg-decoder's `Component::size` at `dct_scale` 2).
+    /// The part of the plane that is image (jpeg-decoder's `Component::size` at `dct_scale` `S`).
     width: usize,
     height: usize,
     plane: Vec<u8>,
@@ -375,14 +403,21 @@ struct Setup {
     scan: usize,
 }
 
-/// Decodes a JPEG at 1/4 scale: `(width, height, samples)` with 1 (`Grey`) or 3 samples per pixel,
-/// `width` and `height` the full size divided by 4 and rounded up. `None` for anything not handled
-/// here (module documentation) or when the buffers would exceed `max_alloc` bytes.
+/// Decodes a JPEG at `1 / reduction` scale (`reduction` 4 or 2): `(width, height, samples)` with 1
+/// (`Grey`) or 3 samples per pixel, `width` and `height` the full size divided by `reduction` and
+/// rounded up. `None` for anything not handled here (module documentation) or when the buffers
+/// would exceed `max_alloc` bytes.
 pub(crate) fn decode(
     bytes: &[u8],
     colour: Colour,
+    reduction: usize,
     max_alloc: usize,
 ) -> Option<(u32, u32, Vec<u8>)> {
+    let s = match reduction {
+        4 => 2,
+        2 => 4,
+        _ => return None,
+    };
     let mut setup = headers(bytes)?;
     let grey = colour == Colour::Grey;
     if grey != (setup.components.len() == 1) {
@@ -391,21 +426,25 @@ pub(crate) fn decode(
     let (h_max, v_max) = sampling(&setup.components)?;
     let mcus_x = setup.width.div_ceil(8 * h_max);
     let mcus_y = setup.height.div_ceil(8 * v_max);
-    let (out_w, out_h) = (setup.width.div_ceil(4), setup.height.div_ceil(4));
+    let (out_w, out_h) = (
+        setup.width.div_ceil(reduction),
+        setup.height.div_ceil(reduction),
+    );
     let mut total = out_w
         .checked_mul(out_h)?
         .checked_mul(setup.components.len())?;
     for c in &mut setup.components {
         let quant = setup.quant[c.quant].as_ref()?;
-        // Natural (row-major) positions 0, 1, 8, 9.
-        c.q = [quant[0], quant[1], quant[8], quant[9]].map(i32::from);
+        for (slot, q) in c.q.iter_mut().enumerate().take(s * s) {
+            *q = i32::from(quant[slot / s * 8 + slot % s]);
+        }
         if setup.dc[c.dc].is_none() || setup.ac[c.ac].is_none() {
             return None;
         }
-        c.stride = mcus_x * c.h * 2;
-        c.rows = mcus_y * c.v * 2;
-        c.width = (setup.width * c.h * 2).div_ceil(h_max * 8);
-        c.height = (setup.height * c.v * 2).div_ceil(v_max * 8);
+        c.stride = mcus_x * c.h * s;
+        c.rows = mcus_y * c.v * s;
+        c.width = (setup.width * c.h * s).div_ceil(h_max * 8);
+        c.height = (setup.height * c.v * s).div_ceil(v_max * 8);
         total = total.checked_add(c.stride.checked_mul(c.rows)?)?;
     }
     if total > max_alloc {
@@ -414,7 +453,10 @@ pub(crate) fn decode(
     for c in &mut setup.components {
         c.plane = vec![0; c.stride * c.rows];
     }
-    let end = scan(bytes, &mut setup, mcus_x, mcus_y)?;
+    let end = match s {
+        2 => scan::<2>(bytes, &mut setup, mcus_x, mcus_y)?,
+        _ => scan::<4>(bytes, &mut setup, mcus_x, mcus_y)?,
+    };
     // The end-of-image marker must follow (after optional fill bytes); more scans or anything else
     // are left to jpeg-decoder.
     let fill = bytes[end..].iter().take_while(|&&b| b == 0xFF).count();
@@ -531,7 +573,7 @@ fn frame(body: &[u8], setup: &mut Setup) -> Option<()> {
             h: usize::from(c[1] >> 4),
             v: usize::from(c[1] & 15),
             quant: usize::from(c[2]),
-            q: [0; 4],
+            q: [0; 16],
             dc: 0,
             ac: 0,
             stride: 0,
@@ -611,7 +653,12 @@ fn scan_header(body: &[u8], setup: &mut Setup) -> Option<()> {
 
 /// Entropy-decodes the scan into the components' reduced planes; returns where the data ended (the
 /// marker after it).
-fn scan(bytes: &[u8], setup: &mut Setup, mcus_x: usize, mcus_y: usize) -> Option<usize> {
+fn scan<const S: usize>(
+    bytes: &[u8],
+    setup: &mut Setup,
+    mcus_x: usize,
+    mcus_y: usize,
+) -> Option<usize> {
     let Setup {
         components,
         dc,
@@ -665,10 +712,14 @@ fn scan(bytes: &[u8], setup: &mut Setup, mcus_x: usize, mcus_y: usize) -> Option
             {
                 for v in 0..c.v {
                     for h in 0..c.h {
-                        let block = block(&mut bits, dc, ac, predictor, &mut eob_run)?;
-                        let x = (mcu_x * c.h + h) * 2;
-                        let y = (mcu_y * c.v + v) * 2;
-                        idct_2x2(&block, &c.q, &mut c.plane[y * c.stride + x..], c.stride);
+                        let block = block::<S>(&mut bits, dc, ac, predictor, &mut eob_run)?;
+                        let x = (mcu_x * c.h + h) * S;
+                        let y = (mcu_y * c.v + v) * S;
+                        let out = &mut c.plane[y * c.stride + x..];
+                        match S {
+                            2 => idct_2x2(&block, &c.q, out, c.stride),
+                            _ => idct_4x4(&block, &c.q, out, c.stride),
+                        }
                     }
                 }
             }
@@ -682,15 +733,12 @@ fn scan(bytes: &[u8], setup: &mut Setup, mcus_x: usize, mcus_y: usize) -> Option
     Some(unstuffed.end)
 }
 
-/// The coefficients at natural positions 0, 1, 8, 9 of a block (quantised).
-type Block = [i16; 4];
-
-/// One block (F.2.2.1, F.2.2.2): the DC difference and the AC run/size symbols, keeping the three
-/// low AC coefficients and skipping the others' bits. An end-of-band run (`r` > 0 with size 0, which
+/// One block (F.2.2.1, F.2.2.2): the DC difference and the AC run/size symbols, keeping the
+/// coefficients an `S`x`S` IDCT reads and skipping the others' bits. An end-of-band run (`r` > 0 with size 0, which
 /// a baseline encoder never writes) skips the AC data of that many further blocks, as jpeg-decoder
 /// reads it.
 #[inline(always)]
-fn block(
+fn block<const S: usize>(
     bits: &mut Reader<'_>,
     dc: &Table,
     ac: &Table,
@@ -703,25 +751,27 @@ fn block(
         return None; // no DC difference is that large (F.1.2.1.1, Table F.1)
     }
     *predictor = predictor.wrapping_add(bits.value(e));
-    let mut block = [*predictor, 0, 0, 0];
+    let mut block = [0; 17];
+    block[0] = *predictor;
     if *eob_run > 0 {
         *eob_run -= 1;
         return Some(block);
     }
-    // Up to zigzag position 4, the values at positions 1, 2 and 4 are kept, picked by position
-    // without branching on the data (an end of block or a zero run has the value 0).
+    // Up to the last position the IDCT reads, every value lands in its slot (or the trash slot)
+    // without branching on the data; an end of block or a zero run has the value 0.
+    let (slots, last) = match S {
+        2 => (&SLOTS_2, const { last_kept(2) }),
+        _ => (&SLOTS_4, const { last_kept(4) }),
+    };
     let mut k = 1u32;
-    while k <= ZZ_11 {
+    while k <= last {
         bits.refill()?;
         let e = ac.lookup(bits.buf)?;
         if advance(e) == 0 {
             return end_of_band_run(bits, e, block, eob_run);
         }
-        let at = k + (symbol(e) >> 4);
-        let value = bits.value(e);
-        for (slot, position) in block[1..].iter_mut().zip([ZZ_01, ZZ_10, ZZ_11]) {
-            *slot = if at == position { value } else { *slot };
-        }
+        let at = (k + (symbol(e) >> 4)).min(63);
+        block[usize::from(slots[at as usize])] = bits.value(e);
         k += advance(e);
     }
     // The rest is skipped, code and value bits at once, two symbols at a time where both codes
@@ -768,7 +818,7 @@ fn end_of_band_run(
 /// jpeg-decoder's `dequantize_and_idct_block_2x2` (stb_image's arithmetic, wrapping i32): 2x2
 /// samples of the block at `out[0]`, rows `stride` apart.
 #[inline(always)]
-fn idct_2x2(block: &Block, q: &[i32; 4], out: &mut [u8], stride: usize) {
+fn idct_2x2(block: &Block, q: &[i32; 16], out: &mut [u8], stride: usize) {
     let s00 = i32::from(block[0]).wrapping_mul(q[0]);
     let s01 = i32::from(block[1]).wrapping_mul(q[1]);
     let s10 = i32::from(block[2]).wrapping_mul(q[2]);
@@ -783,6 +833,62 @@ fn idct_2x2(block: &Block, q: &[i32; 4], out: &mut [u8], stride: usize) {
     let (top, bottom) = out.split_at_mut(stride);
     top[..2].copy_from_slice(&[clamp(x0.wrapping_add(x1)), clamp(x0.wrapping_sub(x1))]);
     bottom[..2].copy_from_slice(&[clamp(x2.wrapping_add(x3)), clamp(x2.wrapping_sub(x3))]);
+}
+
+/// `stbi_f2f` of jpeg-decoder's IDCT: `(x * 4096 + 0.5) as i32`, rounding toward zero after adding
+/// one half whatever the sign (the test checks them).
+const F2F_0_541196100: i32 = 2217;
+const F2F_M1_847759065: i32 = -7567;
+const F2F_0_765366865: i32 = 3135;
+
+/// jpeg-decoder's `dequantize_and_idct_block_4x4` (stb_image's even-part butterfly on the four
+/// lowest frequencies, columns then rows, wrapping i32): 4x4 samples of the block at `out[0]`,
+/// rows `stride` apart.
+#[inline(always)]
+fn idct_4x4(block: &Block, q: &[i32; 16], out: &mut [u8], stride: usize) {
+    const CONST_BITS: u32 = 12;
+    const PASS1_BITS: u32 = 2;
+    const FINAL_BITS: u32 = CONST_BITS + PASS1_BITS + 3;
+    let odd = |s1: i32, s3: i32| {
+        let p1 = s1.wrapping_add(s3).wrapping_mul(F2F_0_541196100);
+        (
+            p1.wrapping_add(s3.wrapping_mul(F2F_M1_847759065)),
+            p1.wrapping_add(s1.wrapping_mul(F2F_0_765366865)),
+        )
+    };
+    let mut temp = [0i32; 16];
+    for i in 0..4 {
+        let s = |r: usize| i32::from(block[r * 4 + i]).wrapping_mul(q[r * 4 + i]);
+        let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
+        let x0 = s0.wrapping_add(s2) << PASS1_BITS;
+        let x2 = s0.wrapping_sub(s2) << PASS1_BITS;
+        let (t0, t2) = odd(s1, s3);
+        let t0 = t0.wrapping_add(512) >> (CONST_BITS - PASS1_BITS);
+        let t2 = t2.wrapping_add(512) >> (CONST_BITS - PASS1_BITS);
+        temp[i] = x0.wrapping_add(t2);
+        temp[i + 12] = x0.wrapping_sub(t2);
+        temp[i + 4] = x2.wrapping_add(t0);
+        temp[i + 8] = x2.wrapping_sub(t0);
+    }
+    let bias = (1 << (FINAL_BITS - 1)) + (128 << FINAL_BITS);
+    let clamp = |x: i32| (x >> FINAL_BITS).clamp(0, 255) as u8;
+    for (i, row) in temp.chunks_exact(4).enumerate() {
+        let x0 = row[0]
+            .wrapping_add(row[2])
+            .wrapping_shl(CONST_BITS)
+            .wrapping_add(bias);
+        let x2 = row[0]
+            .wrapping_sub(row[2])
+            .wrapping_shl(CONST_BITS)
+            .wrapping_add(bias);
+        let (t0, t2) = odd(row[1], row[3]);
+        out[i * stride..][..4].copy_from_slice(&[
+            clamp(x0.wrapping_add(t2)),
+            clamp(x2.wrapping_add(t0)),
+            clamp(x2.wrapping_sub(t0)),
+            clamp(x0.wrapping_sub(t2)),
+        ]);
+    }
 }
 
 /// Upsamples the chroma to the luma's grid as jpeg-decoder's `Upsampler` does (the "fancy"
@@ -950,17 +1056,27 @@ mod tests {
         out
     }
 
-    /// jpeg-decoder at 1/4 scale (`None` when it picks another scale for this size).
-    fn reference(bytes: &[u8], transform: ColorTransform) -> Option<(u32, u32, Vec<u8>)> {
+    /// jpeg-decoder at `1 / reduction` scale (`None` when it picks another scale for this size).
+    fn reference(
+        bytes: &[u8],
+        transform: ColorTransform,
+        reduction: u16,
+    ) -> Option<(u32, u32, Vec<u8>)> {
         let mut decoder = jpeg_decoder::Decoder::new(bytes);
         decoder.set_color_transform(transform);
         decoder.read_info().unwrap();
         let info = decoder.info().unwrap();
-        let want = (info.width.div_ceil(4), info.height.div_ceil(4));
+        let want = (
+            info.width.div_ceil(reduction),
+            info.height.div_ceil(reduction),
+        );
         let got = decoder.scale(want.0, want.1).unwrap();
-        // jpeg-decoder picks 1/8 when that already reaches the request in either axis.
-        let eighth = (info.width.div_ceil(8), info.height.div_ceil(8));
-        if got != want || eighth.0 >= want.0 || eighth.1 >= want.1 {
+        // jpeg-decoder picks a smaller scale when that already reaches the request in either axis.
+        let smaller = (
+            info.width.div_ceil(2 * reduction),
+            info.height.div_ceil(2 * reduction),
+        );
+        if got != want || smaller.0 >= want.0 || smaller.1 >= want.1 {
             return None;
         }
         let pixels = decoder.decode().ok()?;
@@ -982,25 +1098,29 @@ mod tests {
             for (w, h) in SIZES {
                 for restart in [0, 1, 3] {
                     let bytes = encode(w, h, false, sampling, restart, false);
-                    let ours = decode(&bytes, Colour::Rgb, usize::MAX);
-                    let label = format!("{sampling:?} {w}x{h} restart {restart}");
-                    let Some(expected) = reference(&bytes, ColorTransform::RGB) else {
-                        continue; // a size where jpeg-decoder picks 1/8
-                    };
-                    assert_eq!(
-                        ours.as_ref().map(|o| (o.0, o.1)),
-                        Some((expected.0, expected.1)),
-                        "{label}"
-                    );
-                    assert!(ours.unwrap().2 == expected.2, "{label}: samples differ");
-                    compared += 1;
+                    for reduction in [4, 2] {
+                        let ours = decode(&bytes, Colour::Rgb, reduction, usize::MAX);
+                        let label = format!("{sampling:?} {w}x{h} restart {restart} 1/{reduction}");
+                        let Some(expected) =
+                            reference(&bytes, ColorTransform::RGB, reduction as u16)
+                        else {
+                            continue; // a size where jpeg-decoder picks a smaller scale
+                        };
+                        assert_eq!(
+                            ours.as_ref().map(|o| (o.0, o.1)),
+                            Some((expected.0, expected.1)),
+                            "{label}"
+                        );
+                        assert!(ours.unwrap().2 == expected.2, "{label}: samples differ");
+                        compared += 1;
+                    }
                 }
                 // With optimised tables jpeg-encoder writes one scan per component: not handled.
                 let separate = encode(w, h, false, sampling, 0, true);
-                assert_eq!(decode(&separate, Colour::Rgb, usize::MAX), None);
+                assert_eq!(decode(&separate, Colour::Rgb, 4, usize::MAX), None);
             }
         }
-        assert!(compared >= 40, "only {compared} layouts compared");
+        assert!(compared >= 90, "only {compared} layouts compared");
     }
 
     #[test]
@@ -1008,34 +1128,51 @@ mod tests {
         for (w, h) in SIZES {
             for restart in [0, 2] {
                 let bytes = encode(w, h, true, SamplingFactor::F_1_1, restart, false);
-                let Some(expected) = reference(&bytes, ColorTransform::Grayscale) else {
-                    continue;
-                };
-                assert_eq!(
-                    decode(&bytes, Colour::Grey, usize::MAX),
-                    Some(expected),
-                    "{w}x{h}"
-                );
-                // A colour request for a one-component frame (and the reverse) is not decoded here.
-                assert_eq!(decode(&bytes, Colour::YCbCr, usize::MAX), None);
+                for reduction in [4, 2] {
+                    let Some(expected) =
+                        reference(&bytes, ColorTransform::Grayscale, reduction as u16)
+                    else {
+                        continue;
+                    };
+                    assert_eq!(
+                        decode(&bytes, Colour::Grey, reduction, usize::MAX),
+                        Some(expected),
+                        "{w}x{h} 1/{reduction}"
+                    );
+                    // A colour request for a one-component frame (and the reverse) is not decoded here.
+                    assert_eq!(decode(&bytes, Colour::YCbCr, reduction, usize::MAX), None);
+                }
             }
         }
         let colour = encode(64, 48, false, SamplingFactor::F_2_2, 0, false);
-        assert_eq!(decode(&colour, Colour::Grey, usize::MAX), None);
+        assert_eq!(decode(&colour, Colour::Grey, 4, usize::MAX), None);
+        // Only 1/2 and 1/4.
+        assert_eq!(decode(&colour, Colour::YCbCr, 8, usize::MAX), None);
+        assert_eq!(decode(&colour, Colour::YCbCr, 1, usize::MAX), None);
+    }
+
+    #[test]
+    fn idct_constants_are_jpeg_decoders() {
+        let f2f = |x: f32| (x * 4096.0 + 0.5) as i32;
+        assert_eq!(F2F_0_541196100, f2f(0.541_196_1));
+        assert_eq!(F2F_M1_847759065, f2f(-1.847_759_1));
+        assert_eq!(F2F_0_765366865, f2f(0.765_366_85));
+        assert_eq!((last_kept(2), last_kept(4)), (4, 24));
+        assert_eq!(&SLOTS_2[..5], &[0, 1, 2, TRASH as u8, 3]);
     }
 
     #[test]
     fn colour_conversion_is_libjpegs_and_close_to_jpeg_decoders() {
         let bytes = encode(203, 157, false, SamplingFactor::F_2_2, 0, false);
-        let (_, _, raw) = decode(&bytes, Colour::Rgb, usize::MAX).unwrap();
-        let (_, _, rgb) = decode(&bytes, Colour::YCbCr, usize::MAX).unwrap();
+        let (_, _, raw) = decode(&bytes, Colour::Rgb, 4, usize::MAX).unwrap();
+        let (_, _, rgb) = decode(&bytes, Colour::YCbCr, 4, usize::MAX).unwrap();
         let converted: Vec<u8> = raw
             .chunks_exact(3)
             .flat_map(|p| ycc_to_rgb(p[0], p[1], p[2]))
             .collect();
         assert_eq!(rgb, converted);
         // jpeg-decoder's own conversion (SIMD, 6 fractional bits) rounds differently.
-        let (_, _, theirs) = reference(&bytes, ColorTransform::YCbCr).unwrap();
+        let (_, _, theirs) = reference(&bytes, ColorTransform::YCbCr, 4).unwrap();
         let max = rgb
             .iter()
             .zip(&theirs)
@@ -1053,18 +1190,18 @@ mod tests {
         encoder
             .encode(&picture(64, 48, 3), 64, 48, ColorType::Rgb)
             .unwrap();
-        assert_eq!(decode(&progressive, Colour::YCbCr, usize::MAX), None);
+        assert_eq!(decode(&progressive, Colour::YCbCr, 4, usize::MAX), None);
         // 4:1:1 (luma 4x1) is not one of the layouts handled.
         let wide = encode(64, 48, false, SamplingFactor::F_4_1, 0, false);
-        assert_eq!(decode(&wide, Colour::YCbCr, usize::MAX), None);
+        assert_eq!(decode(&wide, Colour::YCbCr, 4, usize::MAX), None);
         // The buffers must fit the allocation limit.
         let bytes = encode(64, 48, false, SamplingFactor::F_2_2, 0, false);
-        assert!(decode(&bytes, Colour::YCbCr, 500).is_none());
-        assert!(decode(&bytes, Colour::YCbCr, 1 << 20).is_some());
+        assert!(decode(&bytes, Colour::YCbCr, 4, 500).is_none());
+        assert!(decode(&bytes, Colour::YCbCr, 4, 1 << 20).is_some());
         // Not a JPEG, or only its start.
-        assert_eq!(decode(b"not a jpeg", Colour::YCbCr, usize::MAX), None);
+        assert_eq!(decode(b"not a jpeg", Colour::YCbCr, 4, usize::MAX), None);
         assert_eq!(
-            decode(&bytes[..bytes.len() / 2], Colour::YCbCr, usize::MAX),
+            decode(&bytes[..bytes.len() / 2], Colour::YCbCr, 4, usize::MAX),
             None
         );
     }
@@ -1079,11 +1216,11 @@ mod tests {
             .unwrap();
         let mut wrong = bytes.clone();
         wrong[rst + 1] = 0xD3;
-        assert_eq!(decode(&wrong, Colour::YCbCr, usize::MAX), None);
+        assert_eq!(decode(&wrong, Colour::YCbCr, 4, usize::MAX), None);
         // The data cut short (end-of-image marker right after): refused, as data is missing.
         let mut cut = bytes[..scan + (bytes.len() - scan) / 2].to_vec();
         cut.extend([0xFF, 0xD9]);
-        assert_eq!(decode(&cut, Colour::YCbCr, usize::MAX), None);
+        assert_eq!(decode(&cut, Colour::YCbCr, 4, usize::MAX), None);
         // Flipped bits anywhere in the file (headers and tables too), and files cut anywhere: any
         // result but a panic.
         let mut state = 12345u32;
@@ -1101,7 +1238,7 @@ mod tests {
             } else {
                 damaged[at] ^= 1 << (next() % 8);
             }
-            let _ = decode(&damaged, Colour::YCbCr, usize::MAX);
+            let _ = decode(&damaged, Colour::YCbCr, 4, usize::MAX);
         }
     }
 
@@ -1116,9 +1253,9 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "timing on local photos: CNCLIP_QUARTER_PHOTO=/path/to.jpg"]
+    #[ignore = "timing on local photos: CNCLIP_REDUCED_PHOTO=/path/to.jpg"]
     fn time_against_jpeg_decoder() {
-        let path = std::env::var("CNCLIP_QUARTER_PHOTO").unwrap();
+        let path = std::env::var("CNCLIP_REDUCED_PHOTO").unwrap();
         let bytes = std::fs::read(path).unwrap();
         let time = |f: &dyn Fn()| {
             let mut best = f64::MAX;
@@ -1129,12 +1266,14 @@ mod tests {
             }
             best
         };
-        let ours = time(&|| {
-            decode(&bytes, Colour::YCbCr, usize::MAX).unwrap();
-        });
-        let theirs = time(&|| {
-            reference(&bytes, ColorTransform::YCbCr).unwrap();
-        });
-        println!("quarter {ours:.1} ms, jpeg-decoder {theirs:.1} ms");
+        for reduction in [4, 2] {
+            let ours = time(&|| {
+                decode(&bytes, Colour::YCbCr, reduction, usize::MAX).unwrap();
+            });
+            let theirs = time(&|| {
+                reference(&bytes, ColorTransform::YCbCr, reduction as u16).unwrap();
+            });
+            println!("1/{reduction}: ours {ours:.1} ms, jpeg-decoder {theirs:.1} ms");
+        }
     }
 }
