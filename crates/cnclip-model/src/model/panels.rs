@@ -119,9 +119,9 @@ impl Panels {
         self.out_dim
     }
 
-    /// `out = x · Wᵀ + bias` for `x` `[m, in]` and `out` `[m, out]` (both row-major; without a
-    /// bias, `out` must hold zeros), then `finish(row, col, stretch)` on each output row's
-    /// stretch of one panel (columns `col..col + stretch.len()`), right after the panel's GEMM.
+    /// `out = x · Wᵀ + bias` for `x` `[m, in]` and `out` `[m, out]` (both row-major; `out`'s prior
+    /// contents are ignored), then `finish(row, col, stretch)` on each output row's stretch of
+    /// one panel (columns `col..col + stretch.len()`), right after the panel's GEMM.
     pub fn matmul_then(
         &self,
         x: &[f32],
@@ -129,33 +129,62 @@ impl Panels {
         out: &mut [f32],
         finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
     ) {
+        assert_eq!(
+            out.len(),
+            x.len() / self.in_dim.max(1) * self.out_dim,
+            "output of the wrong size"
+        );
+        // SAFETY: `out` is valid for all its writes and borrowed exclusively for the call.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.matmul_into(x, bias, OutPtr(out.as_mut_ptr()), finish)
+        }
+    }
+
+    /// [`Panels::matmul_then`] into memory that need not be initialized: every output value is
+    /// written (from the bias, or by the GEMM) before anything reads it.
+    ///
+    /// # Safety
+    ///
+    /// `dst` must be valid for writes of `m · out_dim` f32s (`m` = the rows of `x`), which nothing
+    /// else reads or writes during the call.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn matmul_into(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        dst: OutPtr,
+        finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+    ) {
         let (k, n) = (self.in_dim, self.out_dim);
         assert!(k > 0 && n > 0, "empty weight");
         let m = x.len() / k;
         assert_eq!(x.len(), m * k, "input rows of the wrong width");
-        assert_eq!(out.len(), m * n, "output of the wrong size");
         if let Some(b) = bias {
             assert_eq!(b.len(), n, "bias of the wrong size");
         }
         if m == 0 {
             return;
         }
-        let dst = OutPtr(out.as_mut_ptr());
         self.data
             .par_chunks(PANEL * k)
             .enumerate()
             .for_each(|(p, panel)| {
                 let (col, width) = (p * PANEL, panel.len() / k);
                 #[allow(unsafe_code)]
-                // SAFETY: dst is the m×n row-major `out`; this task reads and writes columns
-                // col..col + width of it (inside, as col + width ≤ n), which no other task
-                // touches. lhs is the m×k row-major `x`, rhs the k×width row-major panel.
+                // SAFETY: dst is the m×n row-major output (the caller's contract); this task
+                // writes and then reads columns col..col + width of it (inside, as
+                // col + width ≤ n), which no other task touches. lhs is the m×k row-major `x`,
+                // rhs the k×width row-major panel.
                 unsafe {
                     if let Some(b) = bias {
                         // The GEMM accumulates onto the bias, as PyTorch's `addmm` does.
                         for row in 0..m {
-                            std::slice::from_raw_parts_mut(dst.get().add(row * n + col), width)
-                                .copy_from_slice(&b[col..col + width]);
+                            std::ptr::copy_nonoverlapping(
+                                b[col..col + width].as_ptr(),
+                                dst.get().add(row * n + col),
+                                width,
+                            );
                         }
                     }
                     gemm::gemm(
@@ -165,7 +194,7 @@ impl Panels {
                         dst.get().add(col),
                         1,
                         n as isize,
-                        true,
+                        bias.is_some(),
                         x.as_ptr(),
                         1,
                         k as isize,

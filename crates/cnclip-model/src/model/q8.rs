@@ -107,25 +107,65 @@ impl QLinear {
         out: &mut [f32],
         finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
     ) {
-        self.run(x, bias, out, Kernel::detect(), finish);
+        assert_eq!(
+            out.len(),
+            x.len() / self.in_dim * self.out_dim,
+            "output shape"
+        );
+        // SAFETY: `out` is valid for all its writes and borrowed exclusively for the call.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.run(x, bias, OutPtr(out.as_mut_ptr()), Kernel::detect(), finish)
+        }
+    }
+
+    /// [`QLinear::matmul_then`] into memory that need not be initialized: every output value is
+    /// written before anything reads it.
+    ///
+    /// # Safety
+    ///
+    /// `dst` must be valid for writes of `rows · out_dim` f32s (`rows` = the rows of `x`), which
+    /// nothing else reads or writes during the call.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn matmul_into(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        dst: OutPtr,
+        finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { self.run(x, bias, dst, Kernel::detect(), finish) }
     }
 
     /// [`QLinear::matmul`] on a chosen kernel (tests compare them).
     pub fn matmul_with(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], kernel: Kernel) {
-        self.run(x, bias, out, kernel, &|_, _, _| {});
+        assert_eq!(
+            out.len(),
+            x.len() / self.in_dim * self.out_dim,
+            "output shape"
+        );
+        // SAFETY: as in `matmul_then`.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.run(x, bias, OutPtr(out.as_mut_ptr()), kernel, &|_, _, _| {})
+        }
     }
 
-    fn run(
+    /// # Safety
+    ///
+    /// As [`QLinear::matmul_into`].
+    #[allow(unsafe_code)]
+    unsafe fn run(
         &self,
         x: &[f32],
         bias: Option<&[f32]>,
-        out: &mut [f32],
+        out_ptr: OutPtr,
         kernel: Kernel,
         finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
     ) {
         let rows = x.len() / self.in_dim;
         assert_eq!(x.len(), rows * self.in_dim, "input shape");
-        assert_eq!(out.len(), rows * self.out_dim, "output shape");
         if let Some(b) = bias {
             assert_eq!(b.len(), self.out_dim, "bias shape");
         }
@@ -136,7 +176,6 @@ impl QLinear {
         );
         let a = quantize_rows(x, self.in_dim, self.k_pad);
         let stripes = self.out_dim.div_ceil(NR);
-        let out_ptr = OutPtr(out.as_mut_ptr());
         let n = self.out_dim;
         (0..stripes).into_par_iter().for_each(|stripe| {
             let mut tile = [[0f32; NR]; MR];
@@ -148,15 +187,20 @@ impl QLinear {
                 kernel.run(&a, r0, mr, self.k_pad, w, &mut tile);
                 for (i, t) in tile.iter().enumerate().take(mr) {
                     let start = (r0 + i) * n + stripe * NR;
-                    // SAFETY: columns stripe·NR .. stripe·NR+cols of row r0+i lie inside the
-                    // [rows, n] output, and only this stripe's task touches them.
-                    #[allow(unsafe_code)]
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), cols) };
                     let b = bias.map(|b| &b[stripe * NR..stripe * NR + cols]);
-                    for (c, d) in dst.iter_mut().enumerate() {
-                        *d = t[c] * scales[c] + b.map_or(0.0, |b| b[c]);
-                    }
+                    // SAFETY: columns stripe·NR .. stripe·NR+cols of row r0+i lie inside the
+                    // [rows, n] output (the caller's contract), and only this stripe's task
+                    // touches them; each is written before the slice over them is made.
+                    #[allow(unsafe_code)]
+                    let dst = unsafe {
+                        let first = out_ptr.get().add(start);
+                        for c in 0..cols {
+                            first
+                                .add(c)
+                                .write(t[c] * scales[c] + b.map_or(0.0, |b| b[c]));
+                        }
+                        std::slice::from_raw_parts_mut(first, cols)
+                    };
                     finish(r0 + i, stripe * NR, dst);
                 }
             }
