@@ -449,9 +449,9 @@ fn gelu_erf_f32(v: f32) -> f32 {
     (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
 }
 
-/// CPU f32 `x·Wᵀ + b` + epilogue, on panelled f32 or 8-bit weights. Both kernels start each
-/// output stretch from the bias and run the epilogue on it as soon as its products are summed,
-/// while it is in cache.
+/// CPU f32 `x·Wᵀ + b` + epilogue, on panelled f32 or 8-bit weights. Both kernels add the bias to
+/// each output stretch and run the epilogue on it as soon as its products are summed, while it is
+/// in cache.
 struct LinearOp<'a> {
     weight: &'a Weight,
     bias: Option<&'a Tensor>,

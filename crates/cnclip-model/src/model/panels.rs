@@ -12,7 +12,8 @@
 //! (190–216 GFLOP/s), and the results are the same sums in the same order.
 //!
 //! One GEMM per panel ([`gemm`], single-threaded), panels spread over rayon's threads; the
-//! output row stretch a panel wrote is finished (residual, GELU) right after, while it is hot.
+//! output row stretch a panel wrote gets its bias and is finished (residual, GELU) right after,
+//! while it is hot.
 
 use rayon::prelude::*;
 
@@ -142,7 +143,7 @@ impl Panels {
     }
 
     /// [`Panels::matmul_then`] into memory that need not be initialized: every output value is
-    /// written (from the bias, or by the GEMM) before anything reads it.
+    /// written by the GEMM before anything reads it.
     ///
     /// # Safety
     ///
@@ -177,16 +178,6 @@ impl Panels {
                 // col + width ≤ n), which no other task touches. lhs is the m×k row-major `x`,
                 // rhs the k×width row-major panel.
                 unsafe {
-                    if let Some(b) = bias {
-                        // The GEMM accumulates onto the bias, as PyTorch's `addmm` does.
-                        for row in 0..m {
-                            std::ptr::copy_nonoverlapping(
-                                b[col..col + width].as_ptr(),
-                                dst.get().add(row * n + col),
-                                width,
-                            );
-                        }
-                    }
                     gemm::gemm(
                         m,
                         width,
@@ -194,7 +185,7 @@ impl Panels {
                         dst.get().add(col),
                         1,
                         n as isize,
-                        bias.is_some(),
+                        false,
                         x.as_ptr(),
                         1,
                         k as isize,
@@ -211,10 +202,21 @@ impl Panels {
                     for row in 0..m {
                         let stretch =
                             std::slice::from_raw_parts_mut(dst.get().add(row * n + col), width);
+                        if let Some(b) = bias {
+                            add_bias(stretch, &b[col..col + width]);
+                        }
                         finish(row, col, stretch);
                     }
                 }
             });
+    }
+}
+
+simd_fn! {
+    /// `values += bias`, on a stretch the GEMM has just written (PyTorch's `addmm` adds the bias
+    /// to the product's sum in one rounding too).
+    fn add_bias(values: &mut [f32], bias: &[f32]) {
+        values.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
     }
 }
 
