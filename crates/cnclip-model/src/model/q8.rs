@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::OutPtr;
+use super::ops::{prefetch_for_write, OutPtr};
 
 /// Inputs per activation-scale block.
 pub const BLOCK: usize = 128;
@@ -190,6 +190,12 @@ impl QLinear {
             };
             for r0 in (0..rows).step_by(MR) {
                 let mr = MR.min(rows - r0);
+                // The next tile but one's output lines, while this one computes.
+                for r in (r0 + 2 * MR..rows).take(MR) {
+                    for c in (0..cols).step_by(16) {
+                        prefetch_for_write(out_ptr.get().wrapping_add(r * n + col + c));
+                    }
+                }
                 // SAFETY: rows r0..r0+mr, columns col..col+cols lie inside the [rows, n] output
                 // (the caller's contract), and only this stripe's task touches them.
                 #[allow(unsafe_code)]
