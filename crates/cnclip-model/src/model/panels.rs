@@ -11,9 +11,9 @@
 //! of the machine's ~38). With a whole image batch (1576 rows) both run at the FMA units' speed
 //! (190–216 GFLOP/s), and the results are the same sums in the same order.
 //!
-//! One GEMM per panel ([`gemm`], single-threaded), panels spread over rayon's threads; the
-//! output row stretch a panel wrote gets its bias and is finished (residual, GELU) right after,
-//! while it is hot.
+//! One GEMM per panel ([`gemm`], single-threaded; inputs of at most 16 rows on a kernel of our
+//! own, `few_rows`), panels spread over rayon's threads; the output row stretch a panel wrote gets
+//! its bias and is finished (residual, GELU) right after, while it is hot.
 
 use rayon::prelude::*;
 
