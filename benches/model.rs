@@ -1,7 +1,7 @@
 //! The towers at official size — ViT-B-16 image embedding at batch 1 and 8 and the text tower on a
 //! short query, in f32 and with 8-bit weights (`q8`) — and the hot paths inside them at ViT-B-16
-//! shapes (197 tokens × 768): the linear layer (f32 GEMM with fused bias/GELU, and the int8
-//! kernel), fused attention, LayerNorm and QuickGELU. Weights are random with the official
+//! shapes (197 tokens × 768): the linear layer (f32 GEMM with fused bias/GELU, the few-row f32
+//! kernel a text query runs on, and the int8 kernel), fused attention, LayerNorm and QuickGELU. Weights are random with the official
 //! shapes (built in memory from the expected tensor table, no file needed): speed does not depend
 //! on the values. For ratios against cn_clip run `tools/bench_vs_reference.py`, which times both
 //! in one run.
@@ -99,6 +99,17 @@ fn hot_paths(c: &mut Criterion) {
             bn.iter(|| q8.forward(&x).unwrap())
         });
     }
+    // A text query's rows (8 tokens): the few-row f32 kernel. The weights (9.4 MB) stay in
+    // cache here between iterations; the text tower bench above streams them from memory.
+    let (rows, out) = (8, 4 * width);
+    let w = Tensor::from_vec(matrix(out, width, 7), (out, width), &dev).unwrap();
+    let b = Tensor::from_vec(matrix(1, out, 8), out, &dev).unwrap();
+    let layer = Linear::from_weight(&(w * 0.02).unwrap(), Some(b)).unwrap();
+    let xq = Tensor::from_vec(matrix(rows, width, 9), (1, rows, width), &dev).unwrap();
+    g.throughput(Throughput::Elements((rows * width * out) as u64));
+    g.bench_function("linear f32 8 rows 768→3072", |bn| {
+        bn.iter(|| layer.forward(&xq).unwrap())
+    });
     // The int8 kernel alone, on each kernel this CPU has.
     let (k, n) = (width, 4 * width);
     let q = QLinear::new(&matrix(n, k, 4), n, k);
