@@ -1,10 +1,10 @@
 //! The towers at official size — ViT-B-16 image embedding at batch 1 and 8 and the text tower on a
 //! short query, in f32 and with 8-bit weights (`q8`) — and the hot paths inside them at ViT-B-16
 //! shapes (197 tokens × 768): the linear layer (f32 GEMM with fused bias/GELU, the few-row f32
-//! kernel a text query runs on, and the int8 kernel), fused attention, LayerNorm and QuickGELU. Weights are random with the official
-//! shapes (built in memory from the expected tensor table, no file needed): speed does not depend
-//! on the values. For ratios against cn_clip run `tools/bench_vs_reference.py`, which times both
-//! in one run.
+//! kernel a text query runs on, and the int8 kernel), fused attention, LayerNorm and QuickGELU.
+//! Weights are random with the official shapes (built in memory from the expected tensor table,
+//! no file needed): speed does not depend on the values. For ratios against cn_clip run
+//! `tools/bench_vs_reference.py`, which times both in one run.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 

@@ -233,7 +233,7 @@ fn few_rows_kernel(m: usize, width: usize) -> bool {
 /// rows), so it goes straight through the panel once per six rows, asking for the lines 8 KB
 /// ahead into L2: the hardware prefetchers stop at page boundaries, and with a fresh page every
 /// 16 steps along `in` they never got far ahead. A query's f32 text tower on the 2-core Xeon:
-/// 20.4–22.6 ms p50 through gemm, 16.5–18.2 ms here (23–24 ms with the kernel but without the
+/// 20.4–23.7 ms p50 through gemm, 16.5–19.6 ms here (23–24 ms with the kernel but without the
 /// prefetches).
 ///
 /// # Safety
