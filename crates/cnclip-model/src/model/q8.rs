@@ -107,16 +107,7 @@ impl QLinear {
         out: &mut [f32],
         finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
     ) {
-        assert_eq!(
-            out.len(),
-            x.len() / self.in_dim * self.out_dim,
-            "output shape"
-        );
-        // SAFETY: `out` is valid for all its writes and borrowed exclusively for the call.
-        #[allow(unsafe_code)]
-        unsafe {
-            self.run(x, bias, OutPtr(out.as_mut_ptr()), Kernel::detect(), finish)
-        }
+        self.run_into(x, bias, out, Kernel::detect(), finish);
     }
 
     /// [`QLinear::matmul_then`] into memory that need not be initialized: every output value is
@@ -140,15 +131,27 @@ impl QLinear {
 
     /// [`QLinear::matmul`] on a chosen kernel (tests compare them).
     pub fn matmul_with(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], kernel: Kernel) {
+        self.run_into(x, bias, out, kernel, &|_, _, _| {});
+    }
+
+    /// [`QLinear::run`] into a slice of the output's size.
+    fn run_into(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        kernel: Kernel,
+        finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+    ) {
         assert_eq!(
             out.len(),
             x.len() / self.in_dim * self.out_dim,
             "output shape"
         );
-        // SAFETY: as in `matmul_then`.
+        // SAFETY: `out` is valid for all its writes and borrowed exclusively for the call.
         #[allow(unsafe_code)]
         unsafe {
-            self.run(x, bias, OutPtr(out.as_mut_ptr()), kernel, &|_, _, _| {})
+            self.run(x, bias, OutPtr(out.as_mut_ptr()), kernel, finish)
         }
     }
 
