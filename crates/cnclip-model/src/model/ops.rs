@@ -350,7 +350,7 @@ simd_fn! {
                     *s += mv;
                 }
             }
-            let max = lane_max(row);
+            let max = lane_max(row, |v| v);
             row.iter_mut().for_each(|s| *s = exp_f32(*s - max));
             let inv = 1.0 / lane_sum(row, |v| v);
             row.iter_mut().for_each(|s| *s *= inv);
@@ -398,21 +398,23 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes[0]
 }
 
-/// The largest value of `x` (NaNs ignored, `-∞` for none), in 16 independent lanes; exact.
+/// The largest `f(v)` over `x` (NaNs ignored, `-∞` for none), in 16 independent lanes so that it
+/// vectorizes (a single `max` chain does not); exact.
 #[inline(always)]
-fn lane_max(x: &[f32]) -> f32 {
+pub(crate) fn lane_max(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let max = |m: f32, v: f32| if v > m { v } else { m };
     let mut lanes = [f32::NEG_INFINITY; 16];
     let chunks = x.chunks_exact(16);
     let tail = chunks.remainder();
     for c in chunks {
         for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = max(*m, v);
+            *m = max(*m, f(v));
         }
     }
     tail.iter()
-        .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &v| max(m, v))
+        .map(|&v| f(v))
+        .chain(lanes)
+        .fold(f32::NEG_INFINITY, max)
 }
 
 /// `x · σ(1.702 x)`, as [`quick_gelu`] computes it.

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::{prefetch_for_write, OutPtr};
+use super::ops::{lane_max, prefetch_for_write, OutPtr};
 
 /// Inputs per activation-scale block.
 pub const BLOCK: usize = 128;
@@ -260,21 +260,10 @@ fn round_clamped(v: f32) -> i32 {
     }
 }
 
-/// `max |x|`, in 16 independent lanes so it vectorizes (a single `f32::max` chain does not).
+/// `max |x|` (0 for none; NaNs ignored).
 #[inline(always)]
 fn abs_max(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            let a = v.abs();
-            *m = if a > *m { a } else { *m };
-        }
-    }
-    let m = lanes.iter().fold(0f32, |m, &v| if v > m { v } else { m });
-    tail.iter()
-        .fold(m, |m, &v| if v.abs() > m { v.abs() } else { m })
+    lane_max(x, f32::abs).max(0.0)
 }
 
 /// Quantizes every row per [`BLOCK`] (see the module docs).
