@@ -163,6 +163,18 @@ fn check(dir: &Path, models: &Path, name: &str, half: bool) {
             d_trim <= TOLERANCE,
             "{name}: trimmed text features differ by {d_trim:.3e}"
         );
+        // One text at a time, as a search query is encoded: a handful of tokens runs on the
+        // few-row kernel and the spinning team (`model::team`) instead of the batch path.
+        for (text, want) in texts.iter().zip(&exp.text_features) {
+            let alone = model
+                .encode_texts_with_context(&[*text], exp.context_length)
+                .unwrap();
+            let d_alone = max_abs_diff(&alone, std::slice::from_ref(want));
+            assert!(
+                d_alone <= TOLERANCE,
+                "{name}: {text:?} encoded alone differs by {d_alone:.3e}"
+            );
+        }
     }
 
     // 8-bit weights (`--quantize q8`): the bar is a worst-case cosine of 0.995 to the

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod panels;
 pub mod q8;
 pub mod resnet;
+mod team;
 pub mod vit;
 
 use std::collections::HashMap;
@@ -270,7 +271,14 @@ impl ChineseClip {
             )));
         }
         let ids = ids.to_device(&self.device)?;
-        Ok(on_pool(|| text.forward(&ids))?.to_dtype(DType::F32)?)
+        let forward = || text.forward(&ids);
+        // A query's handful of tokens: ~70 short parallel loops, run by a team kept awake.
+        let features = if self.device.is_cpu() && ids.elem_count() <= panels::FEW_ROWS {
+            team::with_team(forward)
+        } else {
+            on_pool(forward)
+        };
+        Ok(features?.to_dtype(DType::F32)?)
     }
 
     /// Texts → unnormalised features, tokenized like `cn_clip.clip.tokenize(texts)` (context 52).

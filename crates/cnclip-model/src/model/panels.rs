@@ -18,6 +18,7 @@
 use rayon::prelude::*;
 
 use super::ops::OutPtr;
+use super::team;
 
 /// Outputs per panel: four 16-lane AVX-512 registers, the width of gemm's f32 microkernel.
 pub const PANEL: usize = 64;
@@ -167,58 +168,57 @@ impl Panels {
         if m == 0 {
             return;
         }
-        self.data
-            .par_chunks(PANEL * k)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                let (col, width) = (p * PANEL, panel.len() / k);
-                #[allow(unsafe_code)]
-                // SAFETY: dst is the m×n row-major output (the caller's contract); this task
-                // writes and then reads columns col..col + width of it (inside, as
-                // col + width ≤ n), which no other task touches. lhs is the m×k row-major `x`,
-                // rhs the k×width row-major panel.
-                unsafe {
-                    if few_rows_kernel(m, width) {
-                        #[cfg(target_arch = "x86_64")]
-                        few_rows(x, m, k, panel, dst.get().add(col), n);
-                    } else {
-                        gemm::gemm(
-                            m,
-                            width,
-                            k,
-                            dst.get().add(col),
-                            1,
-                            n as isize,
-                            false,
-                            x.as_ptr(),
-                            1,
-                            k as isize,
-                            panel.as_ptr(),
-                            1,
-                            width as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
-                    for row in 0..m {
-                        let stretch =
-                            std::slice::from_raw_parts_mut(dst.get().add(row * n + col), width);
-                        if let Some(b) = bias {
-                            add_bias(stretch, &b[col..col + width]);
-                        }
-                        finish(row, col, stretch);
-                    }
+        let stride = PANEL * k;
+        team::for_each(self.data.len().div_ceil(stride), |p| {
+            let panel = &self.data[p * stride..((p + 1) * stride).min(self.data.len())];
+            let (col, width) = (p * PANEL, panel.len() / k);
+            #[allow(unsafe_code)]
+            // SAFETY: dst is the m×n row-major output (the caller's contract); this task
+            // writes and then reads columns col..col + width of it (inside, as
+            // col + width ≤ n), which no other task touches. lhs is the m×k row-major `x`,
+            // rhs the k×width row-major panel.
+            unsafe {
+                if few_rows_kernel(m, width) {
+                    #[cfg(target_arch = "x86_64")]
+                    few_rows(x, m, k, panel, dst.get().add(col), n);
+                } else {
+                    gemm::gemm(
+                        m,
+                        width,
+                        k,
+                        dst.get().add(col),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        panel.as_ptr(),
+                        1,
+                        width as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
-            });
+                for row in 0..m {
+                    let stretch =
+                        std::slice::from_raw_parts_mut(dst.get().add(row * n + col), width);
+                    if let Some(b) = bias {
+                        add_bias(stretch, &b[col..col + width]);
+                    }
+                    finish(row, col, stretch);
+                }
+            }
+        });
     }
 }
 
 /// Inputs of at most this many rows (a text query) take [`few_rows`] instead of gemm.
-const FEW_ROWS: usize = 16;
+pub(crate) const FEW_ROWS: usize = 16;
 
 /// Whether an `m`-row product on a panel `width` wide runs on [`few_rows`].
 fn few_rows_kernel(m: usize, width: usize) -> bool {
@@ -230,105 +230,161 @@ fn few_rows_kernel(m: usize, width: usize) -> bool {
 
 /// `dst = x · panel` for a few rows: what a text query's linear layers are. The product is
 /// bound by how fast the panel streams in from memory (each weight is used by a handful of
-/// rows), so it goes straight through the panel once per six rows, asking for the lines 8 KB
-/// ahead into L2: the hardware prefetchers stop at page boundaries, and with a fresh page every
-/// 16 steps along `in` they never got far ahead. A query's f32 text tower on the 2-core Xeon:
-/// 20.4–23.7 ms p50 through gemm, 16.5–19.6 ms here (23–24 ms with the kernel but without the
-/// prefetches).
+/// rows), so it goes straight through the panel once, asking for the lines 8 KB ahead into L2:
+/// the hardware prefetchers stop at page boundaries, and with a fresh page every 16 steps along
+/// `in` they never got far ahead. A query's f32 text tower on the 2-core Xeon: 20.4–23.7 ms p50
+/// through gemm, 16.5–19.6 ms here (23–24 ms with the kernel but without the prefetches).
+///
+/// Six rows fill the registers (24 accumulators); more rows are tiles of six that take turns
+/// on each [`SUB_STEPS`]-step stretch of the panel: the first tile streams it in, the others find
+/// it in L1. Running each tile down the whole panel instead (as before) left memory idle while
+/// the later tiles re-read it from L2: a 7–11-token query's layer took 25% longer than a
+/// 6-token one's, a 14–16-token query's 55% (now 4% and 14%). The sums are the same in either
+/// order: every output's products are added step after step within each [`SUM_STEPS`] block.
 ///
 /// # Safety
 ///
-/// AVX-512F is available; `x` holds `m` rows of `k`, `panel` is `k × PANEL`, and `dst` (row
-/// stride `n`) is valid for writes of `PANEL` values in each of `m` rows.
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-unsafe fn few_rows(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut f32, n: usize) {
-    assert!(x.len() >= m * k && panel.len() >= k * PANEL);
-    let mut r0 = 0;
-    while r0 < m {
-        let rows = (m - r0).min(6);
-        let (x, dst) = (x[r0 * k..].as_ptr(), dst.add(r0 * n));
-        // SAFETY: the caller's contract; the tile's rows r0..r0 + rows are inside it.
-        unsafe {
-            match rows {
-                6 => few_rows_tile::<6>(x, k, panel.as_ptr(), dst, n),
-                5 => few_rows_tile::<5>(x, k, panel.as_ptr(), dst, n),
-                4 => few_rows_tile::<4>(x, k, panel.as_ptr(), dst, n),
-                3 => few_rows_tile::<3>(x, k, panel.as_ptr(), dst, n),
-                2 => few_rows_tile::<2>(x, k, panel.as_ptr(), dst, n),
-                _ => few_rows_tile::<1>(x, k, panel.as_ptr(), dst, n),
-            }
-        }
-        r0 += rows;
-    }
-}
-
-/// `R` rows of [`few_rows`]: `R × 4` accumulators of 16 lanes, one FMA chain per output along
-/// each block of `in`.
-///
-/// # Safety
-///
-/// As [`few_rows`], for rows `0..R` of `x` (stride `k`) and `dst` (stride `n`).
+/// AVX-512F is available; `x` holds `m ≤ FEW_ROWS` rows of `k`, `panel` is `k × PANEL`, and
+/// `dst` (row stride `n`) is valid for writes of `PANEL` values in each of `m` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(unsafe_code)]
-unsafe fn few_rows_tile<const R: usize>(
-    x: *const f32,
-    k: usize,
-    panel: *const f32,
-    dst: *mut f32,
-    n: usize,
-) {
+unsafe fn few_rows(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut f32, n: usize) {
     use std::arch::x86_64::*;
-    /// Steps along `in` the prefetches run ahead: 32 × 256 bytes.
-    const AHEAD: usize = 32;
-    /// Steps along `in` summed on their own before joining the total, as gemm sums in blocks
-    /// too: one chain of 768–5120 FMAs doubled the rounding error of the full-size embeddings.
-    const CHUNK: usize = 256;
-    let mut total = [[_mm512_setzero_ps(); 4]; R];
-    for k0 in (0..k).step_by(CHUNK) {
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for kk in k0..(k0 + CHUNK).min(k) {
-            // SAFETY (all below): kk < k, so the panel row kk and x[r·k + kk] are in bounds; a
-            // prefetch never faults, so its address may run past the panel's end.
-            let w = unsafe { panel.add(kk * PANEL) };
-            for line in 0..4 {
-                _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(AHEAD * PANEL + 16 * line).cast());
-            }
-            let wv = unsafe {
-                [
-                    _mm512_loadu_ps(w),
-                    _mm512_loadu_ps(w.add(16)),
-                    _mm512_loadu_ps(w.add(32)),
-                    _mm512_loadu_ps(w.add(48)),
-                ]
-            };
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(unsafe { *x.add(r * k + kk) });
-                for (a, &w) in acc.iter_mut().zip(&wv) {
-                    *a = _mm512_fmadd_ps(w, xv, *a);
+    assert!(m <= FEW_ROWS && x.len() >= m * k && panel.len() >= k * PANEL);
+    let tiles = m.div_ceil(TILE_ROWS);
+    let stretch = if tiles == 1 { SUM_STEPS } else { SUB_STEPS };
+    let zero = [_mm512_setzero_ps(); 4];
+    let mut total = [zero; FEW_ROWS];
+    let mut acc = [zero; FEW_ROWS];
+    for k0 in (0..k).step_by(SUM_STEPS) {
+        let k1 = (k0 + SUM_STEPS).min(k);
+        acc[..m].fill(zero);
+        for s0 in (k0..k1).step_by(stretch) {
+            let steps = s0..(s0 + stretch).min(k1);
+            for t in 0..tiles {
+                let r0 = t * TILE_ROWS;
+                let (x, acc) = (x[r0 * k..].as_ptr(), &mut acc[r0..]);
+                let (rows, panel, steps) = ((m - r0).min(TILE_ROWS), panel.as_ptr(), steps.clone());
+                // SAFETY: the caller's contract; the tile's rows r0.. are inside x and acc.
+                unsafe {
+                    if t == 0 {
+                        few_rows_tile::<true>(rows, x, k, panel, steps, acc);
+                    } else {
+                        few_rows_tile::<false>(rows, x, k, panel, steps, acc);
+                    }
                 }
             }
         }
-        for (t, a) in total.iter_mut().zip(&acc) {
+        for (t, a) in total[..m].iter_mut().zip(&acc) {
             for (t, &a) in t.iter_mut().zip(a) {
                 *t = _mm512_add_ps(*t, a);
             }
         }
     }
-    for (r, acc) in total.iter().enumerate() {
-        for (j, &a) in acc.iter().enumerate() {
-            // SAFETY: row r < R, columns 16j..16j + 16 < PANEL: inside the caller's block.
-            unsafe { _mm512_storeu_ps(dst.add(r * n + 16 * j), a) };
+    for (r, t) in total[..m].iter().enumerate() {
+        for (j, &t) in t.iter().enumerate() {
+            // SAFETY: row r < m, columns 16j..16j + 16 < PANEL: inside the caller's block.
+            unsafe { _mm512_storeu_ps(dst.add(r * n + 16 * j), t) };
         }
     }
+}
+
+/// Rows of one [`few_rows`] tile: 6 × 4 accumulators, and 4 registers for the panel's row.
+const TILE_ROWS: usize = 6;
+
+/// Steps along `in` summed on their own before joining the total, as gemm sums in blocks too:
+/// one chain of 768–5120 FMAs doubled the rounding error of the full-size embeddings.
+const SUM_STEPS: usize = 256;
+
+/// Steps along `in` (16 KB of panel) each tile runs in turn when there are several.
+const SUB_STEPS: usize = 16;
+
+/// Steps along `in` the lead tile's prefetches run ahead: 32 × 256 bytes.
+const AHEAD: usize = 48;
+
+/// One tile of `rows` (1–6) rows of [`few_rows`] over `steps`; the `LEAD` tile prefetches.
+///
+/// # Safety
+///
+/// As [`few_rows_rows`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+unsafe fn few_rows_tile<const LEAD: bool>(
+    rows: usize,
+    x: *const f32,
+    k: usize,
+    panel: *const f32,
+    steps: std::ops::Range<usize>,
+    acc: &mut [[std::arch::x86_64::__m512; 4]],
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match rows {
+            1 => few_rows_rows::<1, LEAD>(x, k, panel, steps, acc),
+            2 => few_rows_rows::<2, LEAD>(x, k, panel, steps, acc),
+            3 => few_rows_rows::<3, LEAD>(x, k, panel, steps, acc),
+            4 => few_rows_rows::<4, LEAD>(x, k, panel, steps, acc),
+            5 => few_rows_rows::<5, LEAD>(x, k, panel, steps, acc),
+            _ => few_rows_rows::<TILE_ROWS, LEAD>(x, k, panel, steps, acc),
+        }
+    }
+}
+
+/// `R` rows of [`few_rows`] over `steps`: adds `x[r][kk] · panel[kk]` to `acc[r]` for each step
+/// `kk` in order (`R × 4` accumulators of 16 lanes).
+///
+/// # Safety
+///
+/// As [`few_rows`], for rows `0..R` of `x` (stride `k`), `steps` within `0..k`, and
+/// `acc.len() ≥ R`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+unsafe fn few_rows_rows<const R: usize, const LEAD: bool>(
+    x: *const f32,
+    k: usize,
+    panel: *const f32,
+    steps: std::ops::Range<usize>,
+    acc: &mut [[std::arch::x86_64::__m512; 4]],
+) {
+    use std::arch::x86_64::*;
+    let mut sums: [[__m512; 4]; R] = acc[..R].try_into().expect("R accumulators");
+    for kk in steps {
+        // SAFETY (all below): kk < k, so the panel row kk and x[r·k + kk] are in bounds; a
+        // prefetch never faults, so its address may run past the panel's end.
+        let w = unsafe { panel.add(kk * PANEL) };
+        if LEAD {
+            for line in 0..4 {
+                _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(AHEAD * PANEL + 16 * line).cast());
+            }
+        }
+        let wv = unsafe {
+            [
+                _mm512_loadu_ps(w),
+                _mm512_loadu_ps(w.add(16)),
+                _mm512_loadu_ps(w.add(32)),
+                _mm512_loadu_ps(w.add(48)),
+            ]
+        };
+        for (r, sums) in sums.iter_mut().enumerate() {
+            let xv = _mm512_set1_ps(unsafe { *x.add(r * k + kk) });
+            for (a, &w) in sums.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(w, xv, *a);
+            }
+        }
+    }
+    acc[..R].copy_from_slice(&sums);
 }
 
 simd_fn! {
     /// `values += bias`, on a stretch the GEMM has just written (PyTorch's `addmm` adds the bias
     /// to the product's sum in one rounding too).
     fn add_bias(values: &mut [f32], bias: &[f32]) {
-        values.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+        for (v, &b) in values.iter_mut().zip(bias) {
+            *v += b;
+        }
     }
 }
 
@@ -349,6 +405,36 @@ mod tests {
     /// Packing from either layout, unpacking, and the product (narrow last panel, one row,
     /// several panels, a tall input) against a naive one.
     #[test]
+    fn a_row_comes_out_the_same_whatever_rows_come_with_it() {
+        // Text queries run on the few-row kernel, whose tiles take turns along `in`: each row's
+        // sums must still be added in the same order as when it is alone.
+        for (m, k) in [(7, 530), (11, 768), (16, 300), (16, 3072)] {
+            let n = 2 * PANEL;
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919) % 201) as f32 / 97.0 - 1.0)
+                .collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104729) % 97) as f32 / 53.0 - 1.0)
+                .collect();
+            let p = Panels::from_rows(k, n, &|o| &w[o * k..(o + 1) * k]);
+            let mut all = vec![0f32; m * n];
+            p.matmul_then(&x, None, &mut all, &|_, _, _| {});
+            for r in 0..m {
+                let mut alone = vec![0f32; n];
+                p.matmul_then(&x[r * k..(r + 1) * k], None, &mut alone, &|_, _, _| {});
+                let together = &all[r * n..(r + 1) * n];
+                if few_rows_kernel(m, PANEL) {
+                    assert_eq!(together, &alone[..], "{m}×{k}: row {r}");
+                } else {
+                    for (a, b) in together.iter().zip(&alone) {
+                        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{m}×{k}: row {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn panels_pack_unpack_and_multiply() {
         for (m, k, n) in [
             (1, 3, 1),
@@ -358,6 +444,7 @@ mod tests {
             (70, 33, 129),
             (16, 300, 192),
             (11, 768, 64),
+            (7, 530, 64),
         ] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)

@@ -20,6 +20,7 @@
 use rayon::prelude::*;
 
 use super::ops::{lane_max, prefetch_for_write, OutPtr};
+use super::team;
 
 /// Inputs per activation-scale block.
 pub const BLOCK: usize = 128;
@@ -180,7 +181,7 @@ impl QLinear {
         let a = quantize_rows(x, self.in_dim, self.k_pad);
         let stripes = self.out_dim.div_ceil(NR);
         let n = self.out_dim;
-        (0..stripes).into_par_iter().for_each(|stripe| {
+        team::for_each(stripes, |stripe| {
             let w = &self.packed[stripe * self.k_pad * NR..(stripe + 1) * self.k_pad * NR];
             let col = stripe * NR;
             let cols = NR.min(n - col);
