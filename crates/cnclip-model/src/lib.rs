@@ -9,7 +9,8 @@
 //!   configuration or fingerprint.
 //! - [`model`]: the towers and [`model::ChineseClip`] (encode, similarity, zero-shot), fused CPU
 //!   kernels ([`model::ops`]), f32 weights in GEMM panels ([`model::panels`]) and 8-bit weights
-//!   ([`model::ChineseClip::quantize`], [`model::q8`]).
+//!   ([`model::ChineseClip::quantize`], [`model::q8`]); a text query's parallel loops run on a
+//!   team of rayon workers kept spinning through the pass (`model::team`).
 //! - [`zoo`]: model names → local cache → ModelScope / Hugging Face hub.
 //!
 //! Embeddings equal cn_clip 1.6.0's to float precision (max |Δ| of normalised embeddings ≈ 1e-7

@@ -230,7 +230,7 @@ fn few_rows_kernel(m: usize, width: usize) -> bool {
 
 /// `dst = x · panel` for a few rows: what a text query's linear layers are. The product is
 /// bound by how fast the panel streams in from memory (each weight is used by a handful of
-/// rows), so it goes straight through the panel once, asking for the lines 8 KB ahead into L2:
+/// rows), so it goes straight through the panel once, asking for the lines 12 KB ahead into L2:
 /// the hardware prefetchers stop at page boundaries, and with a fresh page every 16 steps along
 /// `in` they never got far ahead. A query's f32 text tower on the 2-core Xeon: 20.4–23.7 ms p50
 /// through gemm, 16.5–19.6 ms here (23–24 ms with the kernel but without the prefetches).
@@ -239,7 +239,7 @@ fn few_rows_kernel(m: usize, width: usize) -> bool {
 /// on each [`SUB_STEPS`]-step stretch of the panel: the first tile streams it in, the others find
 /// it in L1. Running each tile down the whole panel instead (as before) left memory idle while
 /// the later tiles re-read it from L2: a 7–11-token query's layer took 25% longer than a
-/// 6-token one's, a 14–16-token query's 55% (now 4% and 14%). The sums are the same in either
+/// 6-token one's, a 14–16-token query's 55% (now 0–16% and 28–41%). The sums are the same in either
 /// order: every output's products are added step after step within each [`SUM_STEPS`] block.
 ///
 /// # Safety
@@ -297,10 +297,11 @@ const TILE_ROWS: usize = 6;
 /// one chain of 768–5120 FMAs doubled the rounding error of the full-size embeddings.
 const SUM_STEPS: usize = 256;
 
-/// Steps along `in` (16 KB of panel) each tile runs in turn when there are several.
+/// Steps along `in` (4 KB of panel) each tile runs in turn when there are several.
 const SUB_STEPS: usize = 16;
 
-/// Steps along `in` the lead tile's prefetches run ahead: 32 × 256 bytes.
+/// Steps along `in` the lead tile's prefetches run ahead: 48 × 256 bytes (16–96 steps and 4–64-step
+/// stretches all measured within noise of each other, interleaved on the Xeon).
 const AHEAD: usize = 48;
 
 /// One tile of `rows` (1–6) rows of [`few_rows`] over `steps`; the `LEAD` tile prefetches.
