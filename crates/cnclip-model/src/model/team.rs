@@ -11,8 +11,9 @@
 //!
 //! [`with_team`] runs a closure with every other rayon worker held in a spin loop beside it for
 //! as long as it runs: its [`for_each`] calls post their tasks to those workers, which claim
-//! them through one atomic word and spin (`pause`) between loops instead of sleeping. One wake-up
-//! per forward pass instead of one per loop. The workers are rayon's own, taken with
+//! them through one atomic word and spin (`pause`) between loops instead of sleeping — yielding
+//! the core after ~60 µs of nothing, and never more of them than the machine has cores. One
+//! wake-up per forward pass instead of one per loop. The workers are rayon's own, taken with
 //! `rayon::scope`: a worker busy elsewhere (another query, an indexing batch) simply never joins,
 //! and the caller claims every task itself; nothing waits for a helper that is not there.
 
@@ -47,7 +48,10 @@ pub(crate) fn for_each(tasks: usize, f: impl Fn(usize) + Sync + Send) {
 /// for a short pass of many small parallel loops: a text query. Returns what `f` returns;
 /// a panic in `f` or in one of its tasks propagates.
 pub(crate) fn with_team<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    let helpers = rayon::current_num_threads().saturating_sub(1);
+    // Never more spinning threads than cores: a pool larger than the machine would have helpers
+    // spinning while the threads that hold tasks wait for a core.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let helpers = rayon::current_num_threads().min(cores).saturating_sub(1);
     let team = Team {
         claim: AtomicU64::new(0),
         job: AtomicPtr::new(std::ptr::null_mut()),
@@ -106,8 +110,9 @@ impl Team {
         self.claim
             .store(epoch << 32 | (tasks as u64) << 16, Ordering::Release);
         self.work(epoch, &job);
+        let mut idle = 0;
         while job.done.load(Ordering::Acquire) < tasks {
-            std::hint::spin_loop();
+            wait(&mut idle);
         }
         if self.panicked.swap(false, Ordering::AcqRel) {
             panic!("a task of a parallel loop panicked");
@@ -146,13 +151,14 @@ impl Team {
 
     /// A spinning worker's side: joins each loop announced until the leader is done.
     fn help(&self) {
-        let mut seen = 0;
+        let (mut seen, mut idle) = (0, 0);
         while !self.stop.load(Ordering::Acquire) {
             let epoch = self.claim.load(Ordering::Acquire) >> 32;
             if epoch == seen {
-                std::hint::spin_loop();
+                wait(&mut idle);
                 continue;
             }
+            idle = 0;
             // SAFETY: `job` was stored before `claim` announced `epoch` (both Release, read
             // here with Acquire in the same order). It is dereferenced only after a task of
             // `epoch` has been claimed: until that task is done, the loop is not over and the
@@ -171,6 +177,23 @@ impl Team {
         }
     }
 }
+
+/// One round of waiting: `pause` for the first [`SPINS`] rounds (55–60 µs on the Xeon build
+/// machine, longer than the gaps between a query's loops; `pause` takes from ~10 to ~140 cycles
+/// depending on the CPU), then `sched_yield`, so that a thread that holds a task but lost
+/// its core (a busy machine, or more threads than cores) gets it back instead of waiting out a
+/// time slice behind a spinning one.
+fn wait(rounds: &mut u32) {
+    if *rounds < SPINS {
+        *rounds += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// Rounds of [`wait`] spent spinning before yielding.
+const SPINS: u32 = 1 << 12;
 
 /// Sets (or clears) this thread's [`TEAM`] and puts back the previous value on drop, panics
 /// included; the guard that set a team also stops it.
@@ -229,6 +252,27 @@ mod tests {
             }
             check(MAX_TASKS + 1); // too many for the counter: rayon runs it
         });
+    }
+
+    #[test]
+    fn a_pool_larger_than_the_machine_still_finishes() {
+        // More rayon threads than cores: at most cores − 1 helpers spin, and waiting threads
+        // yield, so this takes milliseconds rather than time slices.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(16)
+            .build()
+            .unwrap();
+        let sum = AtomicUsize::new(0);
+        pool.install(|| {
+            with_team(|| {
+                for _ in 0..500 {
+                    for_each(24, |i| {
+                        sum.fetch_add(i, Ordering::Relaxed);
+                    });
+                }
+            })
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 500 * (0..24).sum::<usize>());
     }
 
     #[test]
