@@ -239,8 +239,9 @@ fn few_rows_kernel(m: usize, width: usize) -> bool {
 /// on each [`SUB_STEPS`]-step stretch of the panel: the first tile streams it in, the others find
 /// it in L1. Running each tile down the whole panel instead (as before) left memory idle while
 /// the later tiles re-read it from L2: a 7–11-token query's layer took 25% longer than a
-/// 6-token one's, a 14–16-token query's 55% (now 0–16% and 28–41%). The sums are the same in either
-/// order: every output's products are added step after step within each [`SUM_STEPS`] block.
+/// 6-token one's, a 14–16-token query's 55% (now 0–16% and 28–41%; sixteen rows are nearly as
+/// much arithmetic as memory time). The sums are the same in either order: every output's
+/// products are added step after step within each [`SUM_STEPS`] block.
 ///
 /// # Safety
 ///
@@ -300,8 +301,9 @@ const SUM_STEPS: usize = 256;
 /// Steps along `in` (4 KB of panel) each tile runs in turn when there are several.
 const SUB_STEPS: usize = 16;
 
-/// Steps along `in` the lead tile's prefetches run ahead: 48 × 256 bytes (16–96 steps and 4–64-step
-/// stretches all measured within noise of each other, interleaved on the Xeon).
+/// Steps along `in` the lead tile's prefetches run ahead: 48 × 256 bytes. (Distances of 16–96
+/// steps and stretches of 4–64 steps all measured within noise of each other on the Xeon; so did
+/// spreading the prefetches over all tiles.)
 const AHEAD: usize = 48;
 
 /// One tile of `rows` (1–6) rows of [`few_rows`] over `steps`; the `LEAD` tile prefetches.
