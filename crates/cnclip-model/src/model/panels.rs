@@ -405,20 +405,24 @@ mod tests {
         out
     }
 
-    /// Packing from either layout, unpacking, and the product (narrow last panel, one row,
-    /// several panels, a tall input) against a naive one.
+    /// A `[n, k]` weight and `m` input rows of `k`, deterministic values in [−1, 1].
+    fn operands(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let w = (0..n * k)
+            .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
+            .collect();
+        let x = (0..m * k)
+            .map(|i| ((i * 104729) % 97) as f32 / 50.0 - 1.0)
+            .collect();
+        (w, x)
+    }
+
     #[test]
     fn a_row_comes_out_the_same_whatever_rows_come_with_it() {
         // Text queries run on the few-row kernel, whose tiles take turns along `in`: each row's
         // sums must still be added in the same order as when it is alone.
         for (m, k) in [(7, 530), (11, 768), (16, 300), (16, 3072)] {
             let n = 2 * PANEL;
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 7919) % 201) as f32 / 97.0 - 1.0)
-                .collect();
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 104729) % 97) as f32 / 53.0 - 1.0)
-                .collect();
+            let (w, x) = operands(m, k, n);
             let p = Panels::from_rows(k, n, &|o| &w[o * k..(o + 1) * k]);
             let mut all = vec![0f32; m * n];
             p.matmul_then(&x, None, &mut all, &|_, _, _| {});
@@ -437,6 +441,8 @@ mod tests {
         }
     }
 
+    /// Packing from either layout, unpacking, and the product (narrow last panel, one row,
+    /// several panels, a tall input) against a naive one.
     #[test]
     fn panels_pack_unpack_and_multiply() {
         for (m, k, n) in [
@@ -449,12 +455,7 @@ mod tests {
             (11, 768, 64),
             (7, 530, 64),
         ] {
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
-                .collect();
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 104729) % 97) as f32 / 50.0 - 1.0)
-                .collect();
+            let (w, x) = operands(m, k, n);
             let p = Panels::from_rows(k, n, &|o| &w[o * k..(o + 1) * k]);
             assert_eq!(p.to_rows(), w, "{m}×{k}×{n}: unpack");
             let mut w_t = vec![0f32; k * n];

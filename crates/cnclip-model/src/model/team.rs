@@ -122,11 +122,16 @@ impl Team {
     /// Claims and runs tasks of loop `epoch` until none is left.
     fn work(&self, epoch: u64, job: &Job<'_>) {
         while let Some(task) = self.claim(epoch) {
-            if catch_unwind(AssertUnwindSafe(|| (job.f)(task))).is_err() {
-                self.panicked.store(true, Ordering::Release);
-            }
-            job.done.fetch_add(1, Ordering::AcqRel);
+            self.run_task(job, task);
         }
+    }
+
+    /// Runs one claimed task and counts it done, panic or not.
+    fn run_task(&self, job: &Job<'_>, task: usize) {
+        if catch_unwind(AssertUnwindSafe(|| (job.f)(task))).is_err() {
+            self.panicked.store(true, Ordering::Release);
+        }
+        job.done.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The next unclaimed task of loop `epoch`, or `None` when it has none left or is over.
@@ -167,11 +172,7 @@ impl Team {
             let job = self.job.load(Ordering::Acquire) as *const Job<'_>;
             while let Some(task) = self.claim(epoch) {
                 #[allow(unsafe_code)]
-                let job = unsafe { &*job };
-                if catch_unwind(AssertUnwindSafe(|| (job.f)(task))).is_err() {
-                    self.panicked.store(true, Ordering::Release);
-                }
-                job.done.fetch_add(1, Ordering::AcqRel);
+                self.run_task(unsafe { &*job }, task);
             }
             seen = epoch;
         }
