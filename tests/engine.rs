@@ -21,7 +21,9 @@ fn bin(name: &str) -> Command {
         _ => env!("CARGO_BIN_EXE_cnclip-search"),
     };
     let mut c = Command::new(path);
-    c.env("CNCLIP_OFFLINE", "1").env_remove("CNCLIP_MODEL");
+    c.env("CNCLIP_OFFLINE", "1")
+        .env_remove("CNCLIP_MODEL")
+        .env_remove("CNCLIP_DEVICE");
     c
 }
 
@@ -431,6 +433,67 @@ fn an_index_is_never_mixed_with_another_models_vectors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("built with"));
     assert_eq!(status(&index)["images"], 3);
+}
+
+#[test]
+fn device_is_chosen_for_the_model_and_a_missing_gpu_is_said_before_the_index_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let corpus = make_corpus(&photos, 3, 48);
+    let index = dir.path().join("index");
+    let (p, i, m) = (
+        photos.to_str().unwrap(),
+        index.to_str().unwrap(),
+        model("vit_tiny.pt"),
+    );
+    let summary = ok(run(
+        "cnclip-index",
+        &[
+            "build", p, "--index", i, "--model", &m, "--device", "cpu", "--json",
+        ],
+    ))
+    .remove(0);
+    assert_eq!(summary["indexed"], 3);
+    let hits = ok(bin("cnclip-search")
+        .env("CNCLIP_DEVICE", "CPU")
+        .args(["--index", i, "-k", "1", "--json", "--image"])
+        .arg(&corpus[1])
+        .output()
+        .unwrap());
+    assert_eq!(
+        hits[0]["path"],
+        corpus[1].canonicalize().unwrap().to_str().unwrap()
+    );
+    // Not a device at all: refused by the argument parser.
+    let out = run(
+        "cnclip-index",
+        &["build", p, "--index", i, "--device", "tpu"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected cpu, cuda or cuda:N"));
+    // A GPU asked of a build without CUDA: the reason, and no new index.
+    #[cfg(not(feature = "cuda"))]
+    {
+        let fresh = dir.path().join("fresh");
+        let f = fresh.to_str().unwrap();
+        let out = run(
+            "cnclip-index",
+            &[
+                "build", p, "--index", f, "--model", &m, "--device", "cuda:1",
+            ],
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no CUDA support"), "{stderr}");
+        assert!(!fresh.exists());
+        let out = run(
+            "cnclip-search",
+            &["--index", i, "--device", "cuda", "一只小猫"],
+        );
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no CUDA support"));
+        assert_eq!(status(&index)["images"], 3);
+    }
 }
 
 fn spawn_build(photos: &Path, index: &Path, model_name: &str) -> Child {

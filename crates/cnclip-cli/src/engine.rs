@@ -16,7 +16,8 @@ use cnclip_model::preprocess::{self, JpegDecode, PreprocessOptions};
 use cnclip_search::QueryEncoder;
 use serde::{Deserialize, Serialize};
 
-use crate::{load_model, resolve_model, Precision};
+use crate::device::DeviceSpec;
+use crate::{load_model_on, resolve_model, Precision};
 
 /// File in an index directory naming the model that built it, so `cnclip-search` can load the
 /// same one without being told.
@@ -43,6 +44,8 @@ pub struct EngineOptions {
     /// The towers to load: `Image` to index, `Text` for text queries (the identity is the
     /// same either way).
     pub towers: Towers,
+    /// Where the model runs (`--device`); decoding and the index stay on the CPU.
+    pub device: DeviceSpec,
 }
 
 /// A Chinese-CLIP model with its preprocessing.
@@ -61,8 +64,9 @@ impl ClipEngine {
             exif_orientation,
             jpeg_decode,
             towers,
+            device,
         } = opts;
-        let model = load_model(model_arg, precision, towers)?;
+        let model = load_model_on(model_arg, precision, towers, &device.open()?)?;
         let options = PreprocessOptions {
             size: model.image_size(),
             exif_orientation,
@@ -93,7 +97,9 @@ impl ClipEngine {
             model,
             options,
             identity,
-            batch_size: 8,
+            // 8 on a CPU (larger batches gain nothing there and delay the first commit); on a
+            // GPU, 32: 798 images/s on an H100 against 717 at 8 (README, f16 ViT-B-16).
+            batch_size: if device.is_cpu() { 8 } else { 32 },
         })
     }
 

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use cnclip_cli::device::DeviceSpec;
 use cnclip_cli::engine::{read_model_record, write_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{print_error, stdout_ok, Precision};
 use cnclip_index::{
@@ -48,6 +49,10 @@ enum Command {
         /// `--quantize q8`). Recorded in the index.
         #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
         precision: Precision,
+        /// Where the model runs: cpu, cuda (GPU 0) or cuda:N (needs a build with `--features
+        /// cuda`; use --precision f16 there). Reading and decoding photos stay on the CPU.
+        #[arg(long, env = "CNCLIP_DEVICE", default_value_t = DeviceSpec::Cpu)]
+        device: DeviceSpec,
         /// Do not apply EXIF orientation (cn_clip's own behaviour; photos may then be sideways).
         #[arg(long)]
         no_exif_orientation: bool,
@@ -114,6 +119,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             index,
             model,
             precision,
+            device,
             no_exif_orientation,
             exact_decode,
             json,
@@ -131,6 +137,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     JpegDecode::Scaled
                 },
                 towers: Towers::Image,
+                device,
             },
             json,
             quiet,

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use cnclip_cli::device::DeviceSpec;
 use cnclip_cli::engine::{read_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{print_error, stdout_ok, Precision};
 use cnclip_model::model::Towers;
@@ -43,6 +44,10 @@ struct Cli {
     /// Compute precision for the query encoder (f32, f16, bf16, or q8 = `--quantize q8`).
     #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
     precision: Precision,
+    /// Where the query encoder runs: cpu, cuda (GPU 0) or cuda:N (needs a build with
+    /// `--features cuda`). For one query the CPU is usually faster than starting a GPU.
+    #[arg(long, env = "CNCLIP_DEVICE", default_value_t = DeviceSpec::Cpu)]
+    device: DeviceSpec,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +96,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 Towers::Text
             },
+            device: cli.device,
         };
         let engine = ClipEngine::load(&model, opts);
         let searcher = searcher.join().expect("index reader thread panicked");
