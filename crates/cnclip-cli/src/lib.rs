@@ -7,7 +7,8 @@
 //! - [`engine::ClipEngine`] is the real model behind cnclip-index's `ImageEmbedder` and
 //!   cnclip-search's `QueryEncoder`.
 //! - [`eval`] runs the official retrieval and zero-shot protocols (`cnclip eval`).
-//! - [`device`] parses `--device cpu|cuda|cuda:N`.
+//! - [`device`] parses `--device cpu|cuda|cuda:N`; [`ComputeArgs`] is the `--precision` /
+//!   `--device` pair all three binaries take.
 //! - [`bench`](mod@bench) backs the hidden `cnclip bench` used by `tools/bench_vs_reference.py`.
 
 #![deny(missing_docs)]
@@ -24,7 +25,22 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use cnclip_model::model::{ChineseClip, Towers};
+
+use crate::device::DeviceSpec;
 use cnclip_model::zoo::{self, DownloadProgress, Resolver};
+
+/// `--precision` and `--device`: how and where the model runs (all three binaries take them).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ComputeArgs {
+    /// Compute precision: f32 (default, the reference), f16, bf16, or q8 (8-bit weights, faster
+    /// on CPUs; `--quantize q8`). An index records the precision that built it.
+    #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// Where the model runs: cpu, cuda (GPU 0) or cuda:N (needs a build with `--features cuda`;
+    /// use --precision f16 there). Reading and decoding images stay on the CPU.
+    #[arg(long, env = "CNCLIP_DEVICE", default_value_t = DeviceSpec::Cpu)]
+    pub device: DeviceSpec,
+}
 
 /// Compute precision on the command line (`--precision`, also spelled `--quantize q8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,12 +86,7 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     Ok(resolver.resolve(&spec, &TerminalBar::bytes())?)
 }
 
-/// Resolves and loads a model (or one of its towers, [`Towers`]) on the CPU.
-pub fn load_model(arg: &str, precision: Precision, towers: Towers) -> Result<ChineseClip> {
-    load_model_on(arg, precision, towers, &Device::Cpu)
-}
-
-/// Resolves and loads a model (or one of its towers) on `device` (`--device`).
+/// Resolves and loads a model (or one of its towers, [`Towers`]) on `device` (`--device`).
 pub fn load_model_on(
     arg: &str,
     precision: Precision,

@@ -12,9 +12,8 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use cnclip_cli::device::DeviceSpec;
 use cnclip_cli::engine::{read_model_record, write_model_record, ClipEngine, EngineOptions};
-use cnclip_cli::{print_error, stdout_ok, Precision};
+use cnclip_cli::{print_error, stdout_ok, ComputeArgs};
 use cnclip_index::{
     BuildOptions, Committed, ImageEmbedder, Index, Indexer, Phase, Reporter, Skipped,
 };
@@ -45,14 +44,8 @@ enum Command {
         /// Default: the model the index was built with, else ViT-B-16.
         #[arg(long, env = "CNCLIP_MODEL")]
         model: Option<String>,
-        /// Compute precision: f32 (default, the reference), f16, bf16, or q8 (8-bit weights;
-        /// `--quantize q8`). Recorded in the index.
-        #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
-        precision: Precision,
-        /// Where the model runs: cpu, cuda (GPU 0) or cuda:N (needs a build with `--features
-        /// cuda`; use --precision f16 there). Reading and decoding photos stay on the CPU.
-        #[arg(long, env = "CNCLIP_DEVICE", default_value_t = DeviceSpec::Cpu)]
-        device: DeviceSpec,
+        #[command(flatten)]
+        compute: ComputeArgs,
         /// Do not apply EXIF orientation (cn_clip's own behaviour; photos may then be sideways).
         #[arg(long)]
         no_exif_orientation: bool,
@@ -118,8 +111,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             index,
             model,
-            precision,
-            device,
+            compute: ComputeArgs { precision, device },
             no_exif_orientation,
             exact_decode,
             json,

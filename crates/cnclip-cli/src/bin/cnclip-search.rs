@@ -11,9 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cnclip_cli::device::DeviceSpec;
 use cnclip_cli::engine::{read_model_record, ClipEngine, EngineOptions};
-use cnclip_cli::{print_error, stdout_ok, Precision};
+use cnclip_cli::{print_error, stdout_ok, ComputeArgs};
 use cnclip_model::model::Towers;
 use cnclip_model::preprocess::JpegDecode;
 use cnclip_search::{QueryEncoder, Searcher};
@@ -41,13 +40,10 @@ struct Cli {
     /// Model to encode the query with (default: the one that built the index).
     #[arg(long, env = "CNCLIP_MODEL")]
     model: Option<String>,
-    /// Compute precision for the query encoder (f32, f16, bf16, or q8 = `--quantize q8`).
-    #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
-    precision: Precision,
-    /// Where the query encoder runs: cpu, cuda (GPU 0) or cuda:N (needs a build with
-    /// `--features cuda`). For one query the CPU is usually faster than starting a GPU.
-    #[arg(long, env = "CNCLIP_DEVICE", default_value_t = DeviceSpec::Cpu)]
-    device: DeviceSpec,
+    /// How and where the query encoder runs (for one query the CPU is usually faster than
+    /// starting a GPU).
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 fn main() -> ExitCode {
@@ -87,7 +83,7 @@ fn run(cli: Cli) -> Result<()> {
         // `Searcher::open_exact`).
         let searcher = s.spawn(|| Searcher::open_exact(&index_dir));
         let opts = EngineOptions {
-            precision: cli.precision,
+            precision: cli.compute.precision,
             exif_orientation: exif,
             jpeg_decode: JpegDecode::Exact,
             // One query, one tower: a text query never reads the image tower's weights.
@@ -96,7 +92,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 Towers::Text
             },
-            device: cli.device,
+            device: cli.compute.device,
         };
         let engine = ClipEngine::load(&model, opts);
         let searcher = searcher.join().expect("index reader thread panicked");

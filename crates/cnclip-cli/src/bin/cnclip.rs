@@ -9,9 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use cnclip_cli::device::DeviceSpec;
 use cnclip_cli::eval::{self as ev, Backend, Progress};
-use cnclip_cli::{load_model_on, print_error, stdout_ok, Precision};
+use cnclip_cli::{load_model_on, print_error, stdout_ok, ComputeArgs};
 use cnclip_model::model::ChineseClip;
 use cnclip_model::model::Towers;
 use cnclip_model::preprocess::{self, PreprocessOptions};
@@ -199,13 +198,8 @@ enum EvalCommand {
 /// Options shared by commands that run the model.
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Compute precision: f32 (default, the reference), f16, bf16, or q8 (8-bit weights, faster on
-    /// CPUs; `--quantize q8`).
-    #[arg(long, visible_alias = "quantize", value_enum, default_value_t = Precision::F32)]
-    precision: Precision,
-    /// Where the model runs: cpu, cuda (GPU 0) or cuda:N (needs a build with `--features cuda`).
-    #[arg(long, env = "CNCLIP_DEVICE", default_value_t = DeviceSpec::Cpu)]
-    device: DeviceSpec,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Do not apply EXIF orientation to images (cn_clip's own behaviour).
     #[arg(long)]
     no_exif_orientation: bool,
@@ -214,7 +208,8 @@ struct ModelArgs {
 impl ModelArgs {
     /// Resolves and loads `model` (its `towers`) with these options.
     fn load(&self, model: &str, towers: Towers) -> Result<ChineseClip> {
-        load_model_on(model, self.precision, towers, &self.device.open()?)
+        let ComputeArgs { precision, device } = self.compute;
+        load_model_on(model, precision, towers, &device.open()?)
     }
 }
 
@@ -278,8 +273,8 @@ fn run(cli: Cli) -> Result<()> {
                 batch,
                 iters,
                 corpus.as_deref(),
-                common.precision,
-                &common.device.open()?,
+                common.compute.precision,
+                &common.compute.device.open()?,
             )?;
             stdout_ok(writeln!(std::io::stdout().lock(), "{report}"))
         }

@@ -597,7 +597,7 @@ fn between_scans(bytes: &[u8], mut pos: usize, setup: &mut Setup) -> Option<Next
 
 #[cfg(test)]
 mod tests {
-    use super::super::reduced::tests::{picture, reference, SAMPLINGS, SIZES};
+    use super::super::reduced::tests::{damaged_copies, picture, reference, SAMPLINGS, SIZES};
     use super::super::reduced::{decode, Colour};
     use jpeg_decoder::ColorTransform;
     use jpeg_encoder::{ColorType, Encoder};
@@ -723,21 +723,8 @@ mod tests {
 
     #[test]
     fn damaged_progressive_files_never_panic() {
-        let mut state = 987_654u32;
-        let mut next = || {
-            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            state >> 8
-        };
-        let iters = std::env::var("CNCLIP_FUZZ_ITERS").map_or(300, |v| v.parse().unwrap());
         for (name, bytes) in fixtures() {
-            for i in 0..iters {
-                let at = next() as usize % bytes.len();
-                let mut damaged = bytes.clone();
-                if i % 4 == 0 {
-                    damaged.truncate(at);
-                } else {
-                    damaged[at] ^= 1 << (next() % 8);
-                }
+            for (i, damaged) in damaged_copies(&bytes, 987_654, 300) {
                 let colour = if name.contains("grey") {
                     Colour::Grey
                 } else {
