@@ -186,12 +186,17 @@ fn main() -> Result<(), Error> {
     }
     let n = args.photos.len() as f64;
     println!(
-        "mean: exact {:.1} ms, scaled {:.1} ms per photo ({:.2}x); pixels max |Δ| {max_d}, mean |Δ| {:.3}; worst cosine {:.6}",
+        "mean: exact {:.1} ms, scaled {:.1} ms per photo ({:.2}x); pixels max |Δ| {max_d}, mean |Δ| {:.3}; worst cosine {}",
         t_exact.as_secs_f64() * 1e3 / n,
         t_scaled.as_secs_f64() * 1e3 / n,
         t_exact.as_secs_f64() / t_scaled.as_secs_f64(),
         sum_mean / n,
-        worst_cos
+        // `min` skips the NaN of a run without the model, leaving the start value.
+        if worst_cos.is_finite() {
+            format!("{worst_cos:.6}")
+        } else {
+            "- (no model)".to_owned()
+        }
     );
     Ok(())
 }
