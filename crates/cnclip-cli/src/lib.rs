@@ -25,9 +25,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use cnclip_model::model::{ChineseClip, Towers};
+use cnclip_model::zoo::{self, DownloadProgress, Resolver};
 
 use crate::device::DeviceSpec;
-use cnclip_model::zoo::{self, DownloadProgress, Resolver};
 
 /// `--precision` and `--device`: how and where the model runs (all three binaries take them).
 #[derive(Debug, Clone, Copy, clap::Args)]

@@ -407,18 +407,18 @@ pub(super) struct Component {
     pub(super) id: u8,
     pub(super) h: usize,
     pub(super) v: usize,
-    pub(super) quant: usize,
+    quant: usize,
     /// The quantisation factors of the kept coefficients, in the order of [`Block`].
     pub(super) q: [i32; 16],
-    pub(super) dc: usize,
-    pub(super) ac: usize,
+    dc: usize,
+    ac: usize,
     /// Samples per row of the reduced plane: `S` per block of the padded block grid.
     pub(super) stride: usize,
     /// Rows of the plane.
-    pub(super) rows: usize,
+    rows: usize,
     /// The part of the plane that is image (jpeg-decoder's `Component::size` at `dct_scale` `S`).
-    pub(super) width: usize,
-    pub(super) height: usize,
+    width: usize,
+    height: usize,
     pub(super) plane: Vec<u8>,
 }
 
