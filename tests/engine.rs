@@ -436,6 +436,50 @@ fn an_index_is_never_mixed_with_another_models_vectors() {
 }
 
 #[test]
+fn a_query_image_is_decoded_as_the_indexs_photos_were() {
+    // A JPEG large enough for the fixture model (64-pixel input) to be decoded at 1/2 scale when
+    // indexed by default; searched with itself, it must come back with the same vector, cosine 1,
+    // whether the index was built at reduced scale or with --exact-decode. (Decoded exactly against
+    // the reduced-scale index, this one scored 0.9999989.)
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let jpeg = photos.join("large.jpg");
+    // Fine detail (per-pixel noise on the blocks), where reduced and exact decoding differ most.
+    let mut state = 0x2545_F491_u32;
+    let mut noisy = picture(7, 512, 384);
+    for p in noisy.pixels_mut() {
+        for c in &mut p.0 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            *c = c.saturating_add((state % 64) as u8);
+        }
+    }
+    noisy.save(&jpeg).unwrap();
+    let m = model("vit_tiny.pt");
+    for exact in [false, true] {
+        let index = dir.path().join(format!("index-{exact}"));
+        let mut args = vec![
+            "build",
+            photos.to_str().unwrap(),
+            "--index",
+            index.to_str().unwrap(),
+            "--model",
+            &m,
+            "--json",
+        ];
+        if exact {
+            args.push("--exact-decode");
+        }
+        assert_eq!(ok(run("cnclip-index", &args))[0]["indexed"], 1);
+        let hit = &search_image(&index, &jpeg, 1)[0];
+        let score = hit["score"].as_f64().unwrap();
+        assert!((score - 1.0).abs() < 3e-7, "exact {exact}: score {score}");
+    }
+}
+
+#[test]
 fn device_is_chosen_for_the_model_and_a_missing_gpu_is_said_before_the_index_is_touched() {
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");

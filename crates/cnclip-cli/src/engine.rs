@@ -32,6 +32,19 @@ pub struct ModelRecord {
     pub path: PathBuf,
 }
 
+/// Appended to the precision in an index's identity when its JPEGs were decoded at reduced scale.
+const JPEG_SCALED: &str = "+jpeg-scaled";
+
+/// How the JPEGs of an index with this identity were decoded, so that a query image is decoded
+/// the same way.
+pub fn jpeg_decode_of(identity: &ModelIdentity) -> JpegDecode {
+    if identity.precision.ends_with(JPEG_SCALED) {
+        JpegDecode::Scaled
+    } else {
+        JpegDecode::Exact
+    }
+}
+
 /// How [`ClipEngine::load`] sets up the model and its preprocessing.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
@@ -90,7 +103,7 @@ impl ClipEngine {
             // embeddings by ~1e-5 in cosine, far less than q8 does.
             precision: match jpeg_decode {
                 JpegDecode::Exact => precision.name().to_owned(),
-                _ => format!("{}+jpeg-scaled", precision.name()),
+                _ => format!("{}{JPEG_SCALED}", precision.name()),
             },
         };
         Ok(ClipEngine {

@@ -11,10 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cnclip_cli::engine::{read_model_record, ClipEngine, EngineOptions};
+use cnclip_cli::engine::{jpeg_decode_of, read_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{print_error, stdout_ok, ComputeArgs};
 use cnclip_model::model::Towers;
-use cnclip_model::preprocess::JpegDecode;
 use cnclip_search::{QueryEncoder, Searcher};
 
 /// Search a Chinese-CLIP image index.
@@ -78,6 +77,9 @@ fn run(cli: Cli) -> Result<()> {
         },
     };
     let exif = !identity.preprocess.ends_with("exif-off");
+    // A query image is decoded as the index's photos were: at reduced scale when it is a large
+    // JPEG and the index was built that way (the default).
+    let jpeg_decode = jpeg_decode_of(&identity);
     let (searcher, engine) = std::thread::scope(|s| {
         // One query per run: an exact scan answers sooner than loading the graph would (see
         // `Searcher::open_exact`).
@@ -85,7 +87,7 @@ fn run(cli: Cli) -> Result<()> {
         let opts = EngineOptions {
             precision: cli.compute.precision,
             exif_orientation: exif,
-            jpeg_decode: JpegDecode::Exact,
+            jpeg_decode,
             // One query, one tower: a text query never reads the image tower's weights.
             towers: if cli.image.is_some() {
                 Towers::Image
