@@ -116,7 +116,7 @@ fn hot_paths(c: &mut Criterion) {
     let xs = matrix(tokens, k, 5);
     let mut out = vec![0f32; tokens * n];
     g.throughput(Throughput::Elements((tokens * k * n) as u64));
-    for kernel in [Kernel::Portable, Kernel::detect()] {
+    for kernel in Kernel::ALL.into_iter().filter(|k| k.supported()) {
         g.bench_function(format!("int8 kernel {kernel:?} 197×768→3072"), |bn| {
             bn.iter(|| q.matmul_with(&xs, None, &mut out, kernel))
         });

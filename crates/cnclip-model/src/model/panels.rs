@@ -225,7 +225,10 @@ fn few_rows_kernel(m: usize, width: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     return m <= FEW_ROWS && width == PANEL && super::ops::simd_level() == 2;
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    {
+        let _ = (m, width);
+        false
+    }
 }
 
 /// `dst = x · panel` for a few rows: what a text query's linear layers are. The product is
@@ -292,18 +295,22 @@ unsafe fn few_rows(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut f32, 
 }
 
 /// Rows of one [`few_rows`] tile: 6 × 4 accumulators, and 4 registers for the panel's row.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const TILE_ROWS: usize = 6;
 
 /// Steps along `in` summed on their own before joining the total, as gemm sums in blocks too:
 /// one chain of 768–5120 FMAs doubled the rounding error of the full-size embeddings.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const SUM_STEPS: usize = 256;
 
 /// Steps along `in` (4 KB of panel) each tile runs in turn when there are several.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const SUB_STEPS: usize = 16;
 
 /// Steps along `in` the lead tile's prefetches run ahead: 48 × 256 bytes. (Distances of 16–96
 /// steps and stretches of 4–64 steps all measured within noise of each other on the Xeon; so did
 /// spreading the prefetches over all tiles.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AHEAD: usize = 48;
 
 /// One tile of `rows` (1–6) rows of [`few_rows`] over `steps`; the `LEAD` tile prefetches.
