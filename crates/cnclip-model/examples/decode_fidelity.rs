@@ -120,7 +120,7 @@ fn main() -> Result<(), Error> {
         "cosine"
     );
     let (mut t_exact, mut t_scaled) = (Duration::ZERO, Duration::ZERO);
-    let (mut worst_cos, mut max_d, mut sum_mean) = (f64::INFINITY, 0u8, 0.0f64);
+    let (mut worst_cos, mut max_d, mut sum_mean) = (None::<f64>, 0u8, 0.0f64);
     for path in &args.photos {
         let bytes = std::fs::read(path)?;
         let name = path.display().to_string();
@@ -158,15 +158,15 @@ fn main() -> Result<(), Error> {
                     preprocess_bytes(&bytes, &name, &scaled)?,
                 ];
                 let emb = model.encode_image_data(&chw)?;
-                cosine(&emb[0], &emb[1])
+                Some(cosine(&emb[0], &emb[1]))
             }
-            None => f64::NAN,
+            None => None,
         };
         let short = path
             .file_name()
             .map_or(name.clone(), |n| n.to_string_lossy().into_owned());
         println!(
-            "{:<34} {:>11} {:>3} {:>9.1} {:>9.1} {:>6.2} {:>5} {:>7.3} {:>20} {:>10.6}",
+            "{:<34} {:>11} {:>3} {:>9.1} {:>9.1} {:>6.2} {:>5} {:>7.3} {:>20} {:>10}",
             short,
             format!("{}x{}", full.width(), full.height()),
             reduced.reduction(),
@@ -176,11 +176,14 @@ fn main() -> Result<(), Error> {
             max,
             mean,
             format!("{:+.2}/{:+.2}/{:+.2}", bias[0], bias[1], bias[2]),
-            cos
+            cos.map_or("-".to_owned(), |c| format!("{c:.6}"))
         );
         t_exact += te;
         t_scaled += ts;
-        worst_cos = worst_cos.min(cos);
+        worst_cos = match (worst_cos, cos) {
+            (Some(w), Some(c)) => Some(w.min(c)),
+            (w, c) => w.or(c),
+        };
         max_d = max_d.max(max);
         sum_mean += mean;
     }
@@ -191,12 +194,7 @@ fn main() -> Result<(), Error> {
         t_scaled.as_secs_f64() * 1e3 / n,
         t_exact.as_secs_f64() / t_scaled.as_secs_f64(),
         sum_mean / n,
-        // `min` skips the NaN of a run without the model, leaving the start value.
-        if worst_cos.is_finite() {
-            format!("{worst_cos:.6}")
-        } else {
-            "- (no model)".to_owned()
-        }
+        worst_cos.map_or("- (no model)".to_owned(), |c| format!("{c:.6}"))
     );
     Ok(())
 }
