@@ -134,7 +134,7 @@ pub(super) fn decode<const S: usize>(
     decode_scans::<S, false>(bytes, setup, mcus_x, mcus_y)
 }
 
-#[cfg(not(test))]
+#[cfg(all(not(test), target_arch = "x86_64"))]
 mod tests {
     /// Only tests turn `pdep` off.
     #[inline(always)]
