@@ -16,10 +16,10 @@
 //! upsampling after the last scan are [`super::reduced`]'s.
 //!
 //! On the two progressive 12-MP photos of `tools/gen_test_photos.py` (libjpeg's ten-scan script)
-//! at 1/4, on the Xeon build machine: 83-87 ms where jpeg-decoder takes 190-200 (the same photos
+//! at 1/4, on the Xeon build machine: 83-91 ms where jpeg-decoder takes 190-204 (the same photos
 //! saved baseline: 28 ms). The two refinement scans of the luma take two thirds of it. The
 //! position after a run of zeros is the zero positions' mask's `run`-th set bit: one `pdep` where
-//! the CPU runs it fast (110 -> 83-87 ms; every BMI2 Intel CPU, AMD from Zen 3), elsewhere the
+//! the CPU runs it fast (110 -> 83-91 ms; every BMI2 Intel CPU, AMD from Zen 3), elsewhere the
 //! mask's lowest bit cleared a fixed 15 times, keeping only the first `run` results, rather than
 //! a loop of `run` steps (119 -> 110 ms: that loop's exit mispredicted). `popcnt`/`tzcnt` where
 //! the CPU has them made no measurable difference but cost nothing.
