@@ -180,10 +180,9 @@ fn main() -> Result<(), Error> {
         );
         t_exact += te;
         t_scaled += ts;
-        worst_cos = match (worst_cos, cos) {
-            (Some(w), Some(c)) => Some(w.min(c)),
-            (w, c) => w.or(c),
-        };
+        if let Some(c) = cos {
+            worst_cos = Some(worst_cos.map_or(c, |w| w.min(c)));
+        }
         max_d = max_d.max(max);
         sum_mean += mean;
     }

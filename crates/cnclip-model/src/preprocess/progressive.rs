@@ -145,24 +145,28 @@ mod tests {
 
 /// Whether the CPU has `pdep` (BMI2) and runs it in a few cycles: every Intel CPU that has it,
 /// and AMD's from Zen 3 (family 19h) on; Zen 1 and 2 (family 17h) microcode it, at up to hundreds
-/// of cycles.
+/// of cycles. Asked once per process (CPUID traps to the hypervisor in a VM).
 #[cfg(target_arch = "x86_64")]
 fn fast_pdep() -> bool {
     use std::arch::x86_64::__cpuid;
-    if !std::is_x86_feature_detected!("bmi2") {
-        return false;
-    }
-    // CPUID leaf 0: the vendor string in EBX, EDX, ECX; leaf 1: the family in EAX.
-    let vendor = __cpuid(0);
-    let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163);
-    let eax = __cpuid(1).eax;
-    let family = ((eax >> 8) & 0xF)
-        + if (eax >> 8) & 0xF == 0xF {
-            (eax >> 20) & 0xFF
+    static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAST.get_or_init(|| {
+        if !std::is_x86_feature_detected!("bmi2") {
+            return false;
+        }
+        // CPUID leaf 0: the vendor string in EBX, EDX, ECX; leaf 1: the family in EAX (the
+        // extended family is added when the base one is 0xF).
+        let vendor = __cpuid(0);
+        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163);
+        let eax = __cpuid(1).eax;
+        let base = (eax >> 8) & 0xF;
+        let family = if base == 0xF {
+            base + ((eax >> 20) & 0xFF)
         } else {
-            0
+            base
         };
-    !amd || family >= 0x19
+        !amd || family >= 0x19
+    })
 }
 
 /// [`decode`], inlined into each instruction-set variant.
