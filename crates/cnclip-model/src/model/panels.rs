@@ -180,7 +180,11 @@ impl Panels {
             unsafe {
                 if few_rows_kernel(m, width) {
                     #[cfg(target_arch = "x86_64")]
-                    few_rows(x, m, k, panel, dst.get().add(col), n);
+                    if super::ops::simd_level() == 2 {
+                        few_rows(x, m, k, panel, dst.get().add(col), n);
+                    } else {
+                        few_rows_avx2(x, m, k, panel, dst.get().add(col), n);
+                    }
                 } else {
                     gemm::gemm(
                         m,
@@ -223,7 +227,7 @@ pub(crate) const FEW_ROWS: usize = 16;
 /// Whether an `m`-row product on a panel `width` wide runs on [`few_rows`].
 fn few_rows_kernel(m: usize, width: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return m <= FEW_ROWS && width == PANEL && super::ops::simd_level() == 2;
+    return m <= FEW_ROWS && width == PANEL && super::ops::simd_level() >= 1;
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (m, width);
@@ -294,6 +298,131 @@ unsafe fn few_rows(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut f32, 
     }
 }
 
+/// [`few_rows`] for CPUs with AVX2 and FMA but not AVX-512 (Haswell to Comet Lake, Zen 1 to
+/// Zen 3), with every output the same chain of fused multiply-adds as there, so the same bits.
+/// A panel row is eight 8-lane registers, so a tile runs the panel in strips of 16 or 32 columns
+/// (at most 12 accumulators, the strip's weights and a broadcast in the 16 registers), the strips
+/// taking turns on each [`SUB_STEPS`] stretch. Through gemm instead, whose microkernel puts 16
+/// rows in its lanes, a text query of 6–10 tokens left a third to two thirds of them empty: on
+/// the 2-core Zen 1 EPYC (AVX2, one 256-bit FMA per cycle) the f32 text tower took 48.6 ms p50
+/// over the benchmark's queries that way, 34.4–36.3 ms here.
+///
+/// # Safety
+///
+/// AVX2 and FMA are available; otherwise as [`few_rows`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(unsafe_code)]
+unsafe fn few_rows_avx2(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut f32, n: usize) {
+    use std::arch::x86_64::*;
+    assert!(m <= FEW_ROWS && x.len() >= m * k && panel.len() >= k * PANEL);
+    let tiles = m.div_ceil(TILE_ROWS);
+    // Rows spread evenly over the tiles (7 = 4 + 3, not 6 + 1): a tile's independent chains are
+    // its rows times the vectors it holds per row, and a lone row's few chains would wait on the
+    // FMA latency (5 cycles on Zen 1, 4 on Skylake).
+    let per_tile = m.div_ceil(tiles);
+    // Short stretches even for a single tile: its strips take turns on each, so that the lead
+    // strip's prefetches run all the time, not during one strip in 8 / V.
+    let stretch = SUB_STEPS;
+    let zero = [_mm256_setzero_ps(); 8];
+    let mut total = [zero; FEW_ROWS];
+    let mut acc = [zero; FEW_ROWS];
+    for k0 in (0..k).step_by(SUM_STEPS) {
+        let k1 = (k0 + SUM_STEPS).min(k);
+        acc[..m].fill(zero);
+        for s0 in (k0..k1).step_by(stretch) {
+            let steps = s0..(s0 + stretch).min(k1);
+            for r0 in (0..m).step_by(per_tile) {
+                let (x, acc) = (x[r0 * k..].as_ptr(), &mut acc[r0..]);
+                let (rows, panel, steps) = ((m - r0).min(per_tile), panel.as_ptr(), steps.clone());
+                // SAFETY: the caller's contract; the tile's rows r0.. are inside x and acc.
+                unsafe {
+                    // Up to 3 rows take 32 columns at a time, more rows 16: at most 12
+                    // accumulators either way.
+                    match (rows, r0 == 0) {
+                        (1, true) => few_rows_strips::<1, 4, true>(x, k, panel, steps, acc),
+                        (2, true) => few_rows_strips::<2, 4, true>(x, k, panel, steps, acc),
+                        (3, true) => few_rows_strips::<3, 4, true>(x, k, panel, steps, acc),
+                        (4, true) => few_rows_strips::<4, 2, true>(x, k, panel, steps, acc),
+                        (5, true) => few_rows_strips::<5, 2, true>(x, k, panel, steps, acc),
+                        (_, true) => few_rows_strips::<6, 2, true>(x, k, panel, steps, acc),
+                        (1, false) => few_rows_strips::<1, 4, false>(x, k, panel, steps, acc),
+                        (2, false) => few_rows_strips::<2, 4, false>(x, k, panel, steps, acc),
+                        (3, false) => few_rows_strips::<3, 4, false>(x, k, panel, steps, acc),
+                        (4, false) => few_rows_strips::<4, 2, false>(x, k, panel, steps, acc),
+                        (5, false) => few_rows_strips::<5, 2, false>(x, k, panel, steps, acc),
+                        (_, false) => few_rows_strips::<6, 2, false>(x, k, panel, steps, acc),
+                    }
+                }
+            }
+        }
+        for (t, a) in total[..m].iter_mut().zip(&acc) {
+            for (t, &a) in t.iter_mut().zip(a) {
+                *t = _mm256_add_ps(*t, a);
+            }
+        }
+    }
+    for (r, t) in total[..m].iter().enumerate() {
+        for (j, &t) in t.iter().enumerate() {
+            // SAFETY: row r < m, columns 8j..8j + 8 < PANEL: inside the caller's block.
+            unsafe { _mm256_storeu_ps(dst.add(r * n + 8 * j), t) };
+        }
+    }
+}
+
+/// `R` rows of [`few_rows_avx2`] over `steps`, one strip of `V` vectors (`8·V` columns) of the
+/// panel after another: adds `x[r][kk] · panel[kk]` to `acc[r]` for each step `kk` in order.
+/// The `LEAD` tile asks, during its first strip, for the whole panel row [`AHEAD_AVX2`] steps on.
+///
+/// # Safety
+///
+/// As [`few_rows_rows`], with AVX2 and FMA; `V` divides 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(unsafe_code)]
+unsafe fn few_rows_strips<const R: usize, const V: usize, const LEAD: bool>(
+    x: *const f32,
+    k: usize,
+    panel: *const f32,
+    steps: std::ops::Range<usize>,
+    acc: &mut [[std::arch::x86_64::__m256; 8]],
+) {
+    use std::arch::x86_64::*;
+    assert!(acc.len() >= R && 8 % V == 0);
+    for strip in 0..8 / V {
+        let v0 = strip * V;
+        let mut sums = [[_mm256_setzero_ps(); V]; R];
+        for (s, a) in sums.iter_mut().zip(&acc[..R]) {
+            s.copy_from_slice(&a[v0..v0 + V]);
+        }
+        for kk in steps.clone() {
+            // SAFETY (all below): kk < k, so the panel row kk and x[r·k + kk] are in bounds; a
+            // prefetch never faults, so its address may run past the panel's end.
+            let w = unsafe { panel.add(kk * PANEL) };
+            if LEAD && strip == 0 {
+                for line in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        w.wrapping_add(AHEAD_AVX2 * PANEL + 16 * line).cast(),
+                    );
+                }
+            }
+            let mut wv = [_mm256_setzero_ps(); V];
+            for (j, wv) in wv.iter_mut().enumerate() {
+                *wv = unsafe { _mm256_loadu_ps(w.add(8 * (v0 + j))) };
+            }
+            for (r, sums) in sums.iter_mut().enumerate() {
+                let xv = _mm256_set1_ps(unsafe { *x.add(r * k + kk) });
+                for (a, &w) in sums.iter_mut().zip(&wv) {
+                    *a = _mm256_fmadd_ps(w, xv, *a);
+                }
+            }
+        }
+        for (a, s) in acc[..R].iter_mut().zip(&sums) {
+            a[v0..v0 + V].copy_from_slice(s);
+        }
+    }
+}
+
 /// Rows of one [`few_rows`] tile: 6 × 4 accumulators, and 4 registers for the panel's row.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const TILE_ROWS: usize = 6;
@@ -312,6 +441,14 @@ const SUB_STEPS: usize = 16;
 /// spreading the prefetches over all tiles.)
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AHEAD: usize = 48;
+
+/// [`AHEAD`] for [`few_rows_avx2`], into L1: 8 steps (2 KB). On the Zen 1 EPYC, text query p50
+/// over the benchmark's eight queries, interleaved runs: 34.4–34.8 ms at 8 steps, 36.2–36.6 at
+/// 6, 38.0–38.4 at 12, 42.2–42.5 at 16, 41–46 at 48 (`AVX-512`'s distance), 42.4–44.2 with no
+/// prefetch at all; requesting the whole row when the first strip reaches it (lines the later
+/// strips would otherwise ask for one at a time) was worth more than running far ahead.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const AHEAD_AVX2: usize = 8;
 
 /// One tile of `rows` (1–6) rows of [`few_rows`] over `steps`; the `LEAD` tile prefetches.
 ///
@@ -443,6 +580,47 @@ mod tests {
                     for (a, b) in together.iter().zip(&alone) {
                         assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{m}×{k}: row {r}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn few_row_kernels_are_the_same_fma_chains_on_every_cpu() {
+        // The AVX-512 and AVX2 kernels both promise each output `Σ_blocks (Σ_steps fma)` in this
+        // exact order, so a text query embeds to the same bits on either CPU.
+        for (m, k) in [
+            (1, 5),
+            (2, 300),
+            (6, 768),
+            (7, 530),
+            (10, 257),
+            (13, 768),
+            (16, 1024),
+        ] {
+            let n = 2 * PANEL;
+            if !few_rows_kernel(m, PANEL) {
+                return; // neither AVX-512 nor AVX2 with FMA: gemm, no promise of these bits
+            }
+            let (w, x) = operands(m, k, n);
+            let p = Panels::from_rows(k, n, &|o| &w[o * k..(o + 1) * k]);
+            let mut got = vec![0f32; m * n];
+            p.matmul_then(&x, None, &mut got, &|_, _, _| {});
+            for r in 0..m {
+                for o in 0..n {
+                    let mut total = 0f32;
+                    for block in (0..k).step_by(SUM_STEPS) {
+                        let mut sum = 0f32;
+                        for i in block..(block + SUM_STEPS).min(k) {
+                            sum = w[o * k + i].mul_add(x[r * k + i], sum);
+                        }
+                        total += sum;
+                    }
+                    assert_eq!(
+                        got[r * n + o].to_bits(),
+                        total.to_bits(),
+                        "{m}×{k}: [{r}, {o}]"
+                    );
                 }
             }
         }
