@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn few_row_kernels_are_the_same_fma_chains_on_every_cpu() {
         // The AVX-512 and AVX2 kernels both promise each output `Σ_blocks (Σ_steps fma)` in this
-        // exact order, so a text query embeds to the same bits on either CPU.
+        // exact order, so a text query's linear layers give the same bits on either CPU.
         for (m, k) in [
             (1, 5),
             (2, 300),
