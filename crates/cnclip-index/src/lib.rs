@@ -27,7 +27,10 @@
 //! **Durability.** A batch is reported done ([`Reporter::committed`]) only after sled's `flush`
 //! returned and the batch was appended to the reader log: a kill -9 at any point loses no reported
 //! batch, the index always opens afterwards, and building again finishes the job (records are keyed
-//! by path and vectors by content, so nothing is duplicated).
+//! by path and vectors by content, so nothing is duplicated). One sled defect needs mending for
+//! "always opens": a kill while sled writes its recovery snapshot leaves an unfinished
+//! `snap.*.generating` file that sled then refuses to open past; opening removes it first, under
+//! sled's lock (`store`, `remove_unfinished_snapshots`).
 //!
 //! **Concurrency.** sled admits one process per database, and a build holds it for hours. Readers
 //! therefore never open sled: they replay `reader.log`, a log of checksummed frames, one per

@@ -192,9 +192,50 @@ fn remember_opened(dir: &Path) {
     }
 }
 
+/// sled's file lock: the log file `db` inside the database directory (sled 0.34.7 `config.rs`,
+/// `db_path` and `try_lock`, an exclusive `flock`).
+const SLED_LOCK_FILE: &str = "db";
+
+/// Removes the snapshot a killed open left unfinished.
+///
+/// sled writes its snapshot only while opening (recovery, `pagecache/snapshot.rs`
+/// `advance_snapshot`): to `snap.<lsn>.generating`, synced and then renamed `snap.<lsn>`. A kill
+/// -9 before the rename leaves the `.generating` file, often cut short, and the next open reads
+/// the newest `snap.*` file, that one, and fails with `Corruption { at: None }` (seen about once
+/// in 700 kills of the crash test; spacejam/sled #1527, #1533). The unfinished file never was
+/// the database's state — the previous snapshot and the log still are, as they would be after
+/// a kill just before the file was created — so removing it gives sled a state it recovers from.
+///
+/// Done under sled's own lock, so a database another process has open is never touched: when the
+/// lock is held nothing is removed, and sled's open then reports the lock.
+fn remove_unfinished_snapshots(path: &Path) -> Result<()> {
+    let lock_path = path.join(SLED_LOCK_FILE);
+    let lock = match std::fs::OpenOptions::new().read(true).open(&lock_path) {
+        Ok(f) => f,
+        // No log yet: a new database, nothing to recover.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(&lock_path, e)),
+    };
+    if lock.try_lock().is_err() {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(path, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    // The lock goes with `lock`, before sled takes it.
+    Ok(())
+}
+
 fn open_db_at(path: &Path, dir: &Path) -> Result<sled::Db> {
     let start = std::time::Instant::now();
     loop {
+        remove_unfinished_snapshots(path)?;
         let r = sled::Config::new()
             .path(path)
             .cache_capacity(64 << 20)

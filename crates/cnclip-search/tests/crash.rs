@@ -214,8 +214,29 @@ fn kill_9_during_build_loses_nothing_committed() {
         assert!(unseen.is_empty(), "round {round}: readers miss {unseen:?}");
         drop(searcher);
 
-        // The writer opens, repairs what the crash left, and everything agrees.
-        let index = Index::open(&idx).unwrap();
+        // The writer opens, repairs what the crash left, and everything agrees. A failure keeps
+        // the index directory (and lists its files) so that what the kill left can be studied.
+        let index = match Index::open(&idx) {
+            Ok(index) => index,
+            Err(e) => {
+                let kept = idx_dir.keep();
+                let files: Vec<_> = walkdir::WalkDir::new(&kept)
+                    .into_iter()
+                    .filter_map(|e| e.ok())
+                    .map(|e| {
+                        format!(
+                            "{} ({} bytes)",
+                            e.path().display(),
+                            e.metadata().map_or(0, |m| m.len())
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "round {round}: the writer cannot open the index ({e}); kept {}: {files:#?}",
+                    kept.display()
+                );
+            }
+        };
         let v = index.verify().unwrap();
         assert!(v.is_ok(), "round {round}: {:?}", v.problems);
         let lost: Vec<_> = expected
