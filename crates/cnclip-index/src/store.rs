@@ -201,8 +201,9 @@ const SLED_LOCK_FILE: &str = "db";
 /// sled writes its snapshot only while opening (recovery, `pagecache/snapshot.rs`
 /// `advance_snapshot`): to `snap.<lsn>.generating`, synced and then renamed `snap.<lsn>`. A kill
 /// -9 before the rename leaves the `.generating` file, often cut short, and the next open reads
-/// the newest `snap.*` file, that one, and fails with `Corruption { at: None }` (seen about once
-/// in 700 kills of the crash test; spacejam/sled #1527, #1533). The unfinished file never was
+/// the newest `snap.*` file, that one, and fails with `Corruption { at: None }` (spacejam/sled
+/// #1527, #1533; about once in 700 kills of the build crash test, once in ~10 kills of a child
+/// that only reopens: `kill_9_while_reopening_leaves_an_index_that_opens`). The unfinished file never was
 /// the database's state — the previous snapshot and the log still are, as they would be after
 /// a kill just before the file was created — so removing it gives sled a state it recovers from.
 ///

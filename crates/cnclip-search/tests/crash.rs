@@ -1,6 +1,7 @@
 //! kill -9 at random moments of a build (in a child process: this test binary re-executed) loses
 //! nothing that was reported committed; the index always opens and verifies afterwards, readers see
-//! every committed image, and running the build again finishes the job without duplicates.
+//! every committed image, and running the build again finishes the job without duplicates. A second
+//! test kills a child that opens the index over and over, so kills land while sled recovers.
 
 // The index crate's test helpers, one copy for both crates.
 #[path = "../../cnclip-index/tests/common/mod.rs"]
@@ -22,6 +23,8 @@ use common::{png, Rng};
 
 const CHILD: &str = "CNCLIP_CRASH_CHILD";
 const CHILD_INDEX: &str = "CNCLIP_CRASH_CHILD_INDEX";
+/// `build` (one build of the folder) or `reopen` (open, add a photo, build, close, again and again).
+const CHILD_MODE: &str = "CNCLIP_CRASH_CHILD_MODE";
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -71,6 +74,18 @@ fn crash_child() {
     // The test harness prints "test crash_child ... " without a newline: start on a fresh line.
     println!();
     let e = embedder();
+    if std::env::var_os(CHILD_MODE).is_some_and(|m| m == "reopen") {
+        // Every open after a commit makes sled write a recovery snapshot (synced, then renamed):
+        // a child that does little else puts many kills inside that window.
+        for i in 0u64.. {
+            png(&photos, &format!("n/{}-{i}.png", std::process::id()), i);
+            let mut index = Index::open_or_create(&idx, &e.identity()).unwrap();
+            index.set_graph_policy(policy());
+            Indexer::new(&mut index)
+                .build(&photos, &e, &Announce)
+                .unwrap();
+        }
+    }
     let mut index = Index::open_or_create(&idx, &e.identity()).unwrap();
     index.set_graph_policy(policy());
     Indexer::new(&mut index)
@@ -81,11 +96,17 @@ fn crash_child() {
 
 /// Runs the child; kills it after `kill_after` unless it finishes first. Returns the committed
 /// paths it announced and whether it finished.
-fn run_child(photos: &Path, idx: &Path, kill_after: Option<Duration>) -> (Vec<PathBuf>, bool) {
+fn run_child(
+    mode: &str,
+    photos: &Path,
+    idx: &Path,
+    kill_after: Option<Duration>,
+) -> (Vec<PathBuf>, bool) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, photos)
         .env(CHILD_INDEX, idx)
+        .env(CHILD_MODE, mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -152,6 +173,87 @@ fn mutate(photos: &Path, round: u64, expected: &mut HashSet<PathBuf>) {
     }
 }
 
+/// After a kill: readers see every committed image, the writer opens (repairing what the crash
+/// left), verifies, and has every committed image.
+fn check_after_kill(idx: &Path, expected: &HashSet<PathBuf>, round: u64) {
+    if !idx.join("db").exists() {
+        return; // killed before the index was created
+    }
+    // Readers first (no writer has repaired anything yet).
+    let searcher = Searcher::open(idx).unwrap();
+    let unseen: Vec<_> = expected.iter().filter(|p| !searcher.contains(p)).collect();
+    assert!(unseen.is_empty(), "round {round}: readers miss {unseen:?}");
+    drop(searcher);
+
+    let index = match Index::open(idx) {
+        Ok(index) => index,
+        Err(e) => panic!(
+            "round {round}: the writer cannot open the index ({e}); what the kill left is kept \
+             in {}",
+            keep_copy(idx).display()
+        ),
+    };
+    let v = index.verify().unwrap();
+    assert!(v.is_ok(), "round {round}: {:?}", v.problems);
+    let lost: Vec<_> = expected
+        .iter()
+        .filter(|p| index.record(p).unwrap().is_none())
+        .collect();
+    assert!(lost.is_empty(), "round {round}: lost {lost:?}");
+}
+
+/// Copies an index that failed to open out of the temporary directory (which goes when the test
+/// unwinds), so that what the kill left can be studied.
+fn keep_copy(idx: &Path) -> PathBuf {
+    let kept = std::env::temp_dir().join(format!("cnclip-crash-kept-{}", std::process::id()));
+    for e in walkdir::WalkDir::new(idx)
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        let to = kept.join(e.path().strip_prefix(idx).unwrap());
+        if e.file_type().is_dir() {
+            let _ = std::fs::create_dir_all(&to);
+        } else {
+            let _ = std::fs::copy(e.path(), &to);
+        }
+    }
+    kept
+}
+
+/// Kills a child that keeps reopening the index, each time after a commit: every such open
+/// writes sled's recovery snapshot, and a kill in the middle of that once made the index
+/// unopenable for the writer (sled's unfinished `snap.*.generating`; see `store`).
+#[test]
+fn kill_9_while_reopening_leaves_an_index_that_opens() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let photos_dir = tempfile::tempdir().unwrap();
+    let photos = std::fs::canonicalize(photos_dir.path()).unwrap();
+    for i in 0..5u64 {
+        png(&photos, &format!("a/p{i}.png"), 1_000_000 + i);
+    }
+    let idx_dir = tempfile::tempdir().unwrap();
+    let idx = idx_dir.path().join("index");
+    let mut expected: HashSet<PathBuf> = HashSet::new();
+    let mut rng = Rng(11);
+    let kills: u64 = std::env::var("CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    for round in 1..=kills {
+        let after = Duration::from_millis(5 + rng.below(150));
+        let (committed, done) = run_child("reopen", &photos, &idx, Some(after));
+        assert!(!done, "the reopening child runs until it is killed");
+        expected.extend(committed);
+        check_after_kill(&idx, &expected, round);
+    }
+    eprintln!(
+        "reopen crash test: {kills} kills, {} committed photos checked, lost 0",
+        expected.len()
+    );
+}
+
 #[test]
 fn kill_9_during_build_loses_nothing_committed() {
     if std::env::var_os(CHILD).is_some() {
@@ -187,7 +289,7 @@ fn kill_9_during_build_loses_nothing_committed() {
         round += 1;
         assert!(round < 20 * target as u64, "too many rounds");
         let after = Duration::from_millis(10 + rng.below(300));
-        let (committed, done) = run_child(&photos, &idx, Some(after));
+        let (committed, done) = run_child("build", &photos, &idx, Some(after));
         if std::env::var_os("CRASH_DEBUG").is_some() {
             eprintln!(
                 "round {round}: kill after {after:?}: {} committed, done {done}",
@@ -204,50 +306,11 @@ fn kill_9_during_build_loses_nothing_committed() {
         } else {
             kills += 1;
         }
-        if !idx.join("db").exists() {
-            continue; // killed before the index was created
-        }
-
-        // Readers first (no writer has repaired anything yet): every committed image is visible.
-        let searcher = Searcher::open(&idx).unwrap();
-        let unseen: Vec<_> = expected.iter().filter(|p| !searcher.contains(p)).collect();
-        assert!(unseen.is_empty(), "round {round}: readers miss {unseen:?}");
-        drop(searcher);
-
-        // The writer opens, repairs what the crash left, and everything agrees. A failure keeps
-        // the index directory (and lists its files) so that what the kill left can be studied.
-        let index = match Index::open(&idx) {
-            Ok(index) => index,
-            Err(e) => {
-                let kept = idx_dir.keep();
-                let files: Vec<_> = walkdir::WalkDir::new(&kept)
-                    .into_iter()
-                    .filter_map(|e| e.ok())
-                    .map(|e| {
-                        format!(
-                            "{} ({} bytes)",
-                            e.path().display(),
-                            e.metadata().map_or(0, |m| m.len())
-                        )
-                    })
-                    .collect();
-                panic!(
-                    "round {round}: the writer cannot open the index ({e}); kept {}: {files:#?}",
-                    kept.display()
-                );
-            }
-        };
-        let v = index.verify().unwrap();
-        assert!(v.is_ok(), "round {round}: {:?}", v.problems);
-        let lost: Vec<_> = expected
-            .iter()
-            .filter(|p| index.record(p).unwrap().is_none())
-            .collect();
-        assert!(lost.is_empty(), "round {round}: lost {lost:?}");
+        check_after_kill(&idx, &expected, round);
     }
 
     // Finish the job.
-    let (_, done) = run_child(&photos, &idx, None);
+    let (_, done) = run_child("build", &photos, &idx, None);
     assert!(done);
     let e = FakeEmbedder::new(24);
     let mut index = Index::open_for(&idx, &e.identity()).unwrap();
