@@ -203,9 +203,10 @@ const SLED_LOCK_FILE: &str = "db";
 /// -9 before the rename leaves the `.generating` file, often cut short, and the next open reads
 /// the newest `snap.*` file, that one, and fails with `Corruption { at: None }` (spacejam/sled
 /// #1527, #1533; about once in 700 kills of the build crash test, once in ~10 kills of a child
-/// that only reopens: `kill_9_while_reopening_leaves_an_index_that_opens`). The unfinished file never was
-/// the database's state — the previous snapshot and the log still are, as they would be after
-/// a kill just before the file was created — so removing it gives sled a state it recovers from.
+/// that only reopens: `kill_9_while_reopening_leaves_an_index_that_opens`). The unfinished file
+/// never was the database's state — the previous snapshot and the log still are, as they would
+/// be after a kill just before the file was created — so removing it gives sled a state it
+/// recovers from.
 ///
 /// Done under sled's own lock, so a database another process has open is never touched: when the
 /// lock is held nothing is removed, and sled's open then reports the lock.
