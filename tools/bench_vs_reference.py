@@ -5,7 +5,8 @@ This machine is shared and noisy, so absolute times drift; the two implementatio
 alternately on the same checkpoint, the same batch shapes and the same number of threads, and
 only ratios are meant to be compared across runs. Each image row's cn_clip figure is the mean of
 a measurement right before cnclip's and one right after, and the summary gives each row's median
-ratio over the rounds (`--rounds`, default 3; `--images-only` skips the text and tokenizer rows).
+ratio over the rounds (`--rounds`, default 3; `--images-only` skips the text and tokenizer rows,
+`--text-only` the image rows).
 
     cargo build --release -p cnclip-cli
     python3 tools/gen_fullsize.py --out /tmp/cnclip-full --models ViT-B-16
@@ -122,6 +123,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--images-only", action="store_true", help="image tower rows only")
+    ap.add_argument("--text-only", action="store_true", help="text tower and tokenizer rows only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
@@ -141,10 +143,10 @@ def main():
     tfile = "/tmp/cnclip-bench-corpus.txt"
     open(tfile, "w").write("\n".join(texts) + "\n")
 
-    sessions = ort_sessions(model, size, args.threads)
+    sessions = None if args.text_only else ort_sessions(model, size, args.threads)
     rows = []
     for r in range(args.rounds):
-        for batch in (8, 1):
+        for batch in () if args.text_only else (8, 1):
             before = torch_images_per_s(model, batch, args.iters, size)
             measured = []
             for precision in ("f32", "q8"):

@@ -318,10 +318,11 @@ unsafe fn few_rows(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut f32, 
 /// Zen 3), with every output the same chain of fused multiply-adds as there, so the same bits.
 /// A panel row is eight 8-lane registers, so a tile runs the panel in strips of 16 or 32 columns
 /// (at most 12 accumulators, the strip's weights and a broadcast in the 16 registers), the strips
-/// taking turns on each [`SUB_STEPS`] stretch. Through gemm instead, whose microkernel puts 16
-/// rows in its lanes, a text query of 6–10 tokens left a third to two thirds of them empty: on
-/// the 2-core Zen 1 EPYC (AVX2, one 256-bit FMA per cycle) the f32 text tower took 48.6 ms p50
-/// over the benchmark's queries that way, 34.4–36.3 ms here.
+/// taking turns on each [`SUB_STEPS`] stretch, each asking for its own lines [`AHEAD_AVX2`]
+/// steps on. Through gemm instead, whose microkernel puts 16 rows in its lanes, a text query of
+/// 6–10 tokens left a third to two thirds of them empty: on the 2-core Zen 1 EPYC (AVX2, one
+/// 256-bit FMA per cycle) the f32 text tower took 48.6 ms p50 over the benchmark's queries that
+/// way, 34.4–36.3 ms here with the first prefetch scheme, 33.5–34.7 with the present one.
 ///
 /// # Safety
 ///
@@ -337,8 +338,8 @@ unsafe fn few_rows_avx2(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut 
     // its rows times the vectors it holds per row, and a lone row's few chains would wait on the
     // FMA latency (5 cycles on Zen 1, 4 on Skylake).
     let per_tile = m.div_ceil(tiles);
-    // Short stretches even for a single tile: its strips take turns on each, so that the lead
-    // strip's prefetches run all the time, not during one strip in 8 / V.
+    // Short stretches even for a single tile: its strips take turns on each, so a stretch (4 KB)
+    // comes from memory once, for the first strip, and from L1 for the others.
     let stretch = SUB_STEPS;
     let zero = [_mm256_setzero_ps(); 8];
     let mut total = [zero; FEW_ROWS];
@@ -355,19 +356,13 @@ unsafe fn few_rows_avx2(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut 
                 unsafe {
                     // Up to 3 rows take 32 columns at a time, more rows 16: at most 12
                     // accumulators either way.
-                    match (rows, r0 == 0) {
-                        (1, true) => few_rows_strips::<1, 4, true>(x, k, panel, steps, acc),
-                        (2, true) => few_rows_strips::<2, 4, true>(x, k, panel, steps, acc),
-                        (3, true) => few_rows_strips::<3, 4, true>(x, k, panel, steps, acc),
-                        (4, true) => few_rows_strips::<4, 2, true>(x, k, panel, steps, acc),
-                        (5, true) => few_rows_strips::<5, 2, true>(x, k, panel, steps, acc),
-                        (_, true) => few_rows_strips::<6, 2, true>(x, k, panel, steps, acc),
-                        (1, false) => few_rows_strips::<1, 4, false>(x, k, panel, steps, acc),
-                        (2, false) => few_rows_strips::<2, 4, false>(x, k, panel, steps, acc),
-                        (3, false) => few_rows_strips::<3, 4, false>(x, k, panel, steps, acc),
-                        (4, false) => few_rows_strips::<4, 2, false>(x, k, panel, steps, acc),
-                        (5, false) => few_rows_strips::<5, 2, false>(x, k, panel, steps, acc),
-                        (_, false) => few_rows_strips::<6, 2, false>(x, k, panel, steps, acc),
+                    match rows {
+                        1 => few_rows_strips::<1, 4>(x, k, panel, steps, acc),
+                        2 => few_rows_strips::<2, 4>(x, k, panel, steps, acc),
+                        3 => few_rows_strips::<3, 4>(x, k, panel, steps, acc),
+                        4 => few_rows_strips::<4, 2>(x, k, panel, steps, acc),
+                        5 => few_rows_strips::<5, 2>(x, k, panel, steps, acc),
+                        _ => few_rows_strips::<6, 2>(x, k, panel, steps, acc),
                     }
                 }
             }
@@ -388,7 +383,7 @@ unsafe fn few_rows_avx2(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut 
 
 /// `R` rows of [`few_rows_avx2`] over `steps`, one strip of `V` vectors (`8·V` columns) of the
 /// panel after another: adds `x[r][kk] · panel[kk]` to `acc[r]` for each step `kk` in order.
-/// The `LEAD` tile asks, during its first strip, for the whole panel row [`AHEAD_AVX2`] steps on.
+/// Each strip asks for the lines it will read [`AHEAD_AVX2`] steps on.
 ///
 /// # Safety
 ///
@@ -396,7 +391,7 @@ unsafe fn few_rows_avx2(x: &[f32], m: usize, k: usize, panel: &[f32], dst: *mut 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(unsafe_code)]
-unsafe fn few_rows_strips<const R: usize, const V: usize, const LEAD: bool>(
+unsafe fn few_rows_strips<const R: usize, const V: usize>(
     x: *const f32,
     k: usize,
     panel: *const f32,
@@ -415,12 +410,8 @@ unsafe fn few_rows_strips<const R: usize, const V: usize, const LEAD: bool>(
             // SAFETY (all below): kk < k, so the panel row kk and x[r·k + kk] are in bounds; a
             // prefetch never faults, so its address may run past the panel's end.
             let w = unsafe { panel.add(kk * PANEL) };
-            if LEAD && strip == 0 {
-                for line in 0..4 {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        w.wrapping_add(AHEAD_AVX2 * PANEL + 16 * line).cast(),
-                    );
-                }
+            for line in v0 / 2..(v0 + V) / 2 {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(AHEAD_AVX2 * PANEL + 16 * line).cast());
             }
             let mut wv = [_mm256_setzero_ps(); V];
             for (j, wv) in wv.iter_mut().enumerate() {
@@ -458,13 +449,15 @@ const SUB_STEPS: usize = 16;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AHEAD: usize = 48;
 
-/// [`AHEAD`] for [`few_rows_avx2`], into L1: 8 steps (2 KB). On the Zen 1 EPYC, text query p50
-/// over the benchmark's eight queries, interleaved runs: 34.4–34.8 ms at 8 steps, 36.2–36.6 at
-/// 6, 38.0–38.4 at 12, 42.2–42.5 at 16, 41–46 at 48 (`AVX-512`'s distance), 42.4–44.2 with no
-/// prefetch at all; requesting the whole row when the first strip reaches it (lines the later
-/// strips would otherwise ask for one at a time) was worth more than running far ahead.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const AHEAD_AVX2: usize = 8;
+/// [`AHEAD`] for [`few_rows_avx2`], into L1: 24 steps (6 KB), each strip of every tile asking for
+/// its own lines (a 16-column strip reads one 64-byte line a step), so the requests go out evenly
+/// all the time. On the Zen 1 EPYC, text p50 in interleaved runs, against the earlier scheme (the
+/// first tile's first strip asking for whole rows 8 steps on, the rest of the stretch asking for
+/// nothing): a 6-token query 22.8–23.0 ms (was 25.5–26.0), 7 tokens 25.2–26.5 (30.9–32.8), 13
+/// tokens 42.9–43.9 (44.8–45.0), the benchmark's eight queries 33.5–34.7 (35.3–39.1); 7 tokens
+/// on one core 46.8–47.0 (55.6–61.1). 16 and 32 steps were within a millisecond of 24; only
+/// the first tile asking, 2–3 ms slower; farther prefetches into L2 on top, slower still.
+const AHEAD_AVX2: usize = 24;
 
 /// One tile of `rows` (1–6) rows of [`few_rows`] over `steps`; the `LEAD` tile prefetches.
 ///
