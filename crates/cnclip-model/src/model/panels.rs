@@ -455,8 +455,9 @@ const AHEAD: usize = 48;
 /// first tile's first strip asking for whole rows 8 steps on, the rest of the stretch asking for
 /// nothing): a 6-token query 22.8–23.0 ms (was 25.5–26.0), 7 tokens 25.2–26.5 (30.9–32.8), 13
 /// tokens 42.9–43.9 (44.8–45.0), the benchmark's eight queries 33.5–34.7 (35.3–39.1); 7 tokens
-/// on one core 46.8–47.0 (55.6–61.1). 16 and 32 steps were within a millisecond of 24; only
-/// the first tile asking, 2–3 ms slower; farther prefetches into L2 on top, slower still.
+/// on one core 46.8–47.0 (55.6–61.1). 16 and 32 steps were 0–2 ms slower than 24; only the
+/// first tile asking, 2–3 ms slower; farther prefetches into L2 on top, slower still.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AHEAD_AVX2: usize = 24;
 
 /// One tile of `rows` (1–6) rows of [`few_rows`] over `steps`; the `LEAD` tile prefetches.
