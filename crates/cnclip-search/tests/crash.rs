@@ -77,8 +77,15 @@ fn crash_child() {
     if std::env::var_os(CHILD_MODE).is_some_and(|m| m == "reopen") {
         // Every open after a commit makes sled write a recovery snapshot (synced, then renamed):
         // a child that does little else puts many kills inside that window.
+        // Names no other child uses: a process id alone comes round again after some thousands
+        // of children, and a child rewriting a committed photo (killed mid-write, so it no
+        // longer decodes) would have the index drop it, rightly, and the test report it lost.
+        let child = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         for i in 0u64.. {
-            png(&photos, &format!("n/{}-{i}.png", std::process::id()), i);
+            png(&photos, &format!("n/{child}-{i}.png"), i);
             let mut index = Index::open_or_create(&idx, &e.identity()).unwrap();
             index.set_graph_policy(policy());
             Indexer::new(&mut index)
@@ -182,8 +189,32 @@ fn check_after_kill(idx: &Path, expected: &HashSet<PathBuf>, round: u64) {
     // Readers first (no writer has repaired anything yet).
     let searcher = Searcher::open(idx).unwrap();
     let unseen: Vec<_> = expected.iter().filter(|p| !searcher.contains(p)).collect();
-    assert!(unseen.is_empty(), "round {round}: readers miss {unseen:?}");
     drop(searcher);
+    if !unseen.is_empty() {
+        let kept = keep_copy(idx);
+        let writer = match Index::open(idx) {
+            Ok(index) => {
+                let lost: Vec<_> = unseen
+                    .iter()
+                    .filter(|p| index.record(p).unwrap().is_none())
+                    .collect();
+                format!("the writer lacks {lost:?}")
+            }
+            Err(e) => format!("the writer cannot open the index ({e})"),
+        };
+        let files: Vec<String> = unseen
+            .iter()
+            .map(|p| match std::fs::metadata(p) {
+                Ok(m) => format!("{} bytes, decodes: {}", m.len(), image::open(p).is_ok()),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        panic!(
+            "round {round}: readers miss {unseen:?} (on disk: {files:?}); {writer}; what the kill \
+             left is kept in {}",
+            kept.display()
+        );
+    }
 
     let index = match Index::open(idx) {
         Ok(index) => index,
@@ -202,8 +233,8 @@ fn check_after_kill(idx: &Path, expected: &HashSet<PathBuf>, round: u64) {
     assert!(lost.is_empty(), "round {round}: lost {lost:?}");
 }
 
-/// Copies an index that failed to open out of the temporary directory (which goes when the test
-/// unwinds), so that what the kill left can be studied.
+/// Copies an index out of the temporary directory (which goes when the test unwinds), so that
+/// what a kill left can be studied.
 fn keep_copy(idx: &Path) -> PathBuf {
     let kept = std::env::temp_dir().join(format!("cnclip-crash-kept-{}", std::process::id()));
     for e in walkdir::WalkDir::new(idx)
