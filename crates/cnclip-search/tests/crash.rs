@@ -63,7 +63,8 @@ impl Reporter for Announce {
     }
 }
 
-/// The child: builds `photos` into `index`, announcing commits. A no-op in a normal test run.
+/// The child: builds `photos` into `index` (once, or in `reopen` mode again and again), announcing
+/// commits. A no-op in a normal test run.
 #[test]
 fn crash_child() {
     let Some(photos) = std::env::var_os(CHILD) else {
