@@ -252,6 +252,14 @@ fn keep_copy(idx: &Path) -> PathBuf {
     kept
 }
 
+/// How many kills each crash test makes: 40, or `CRASH_KILLS` (e.g. 1000 for a longer local run).
+fn kills_wanted() -> u64 {
+    std::env::var("CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40)
+}
+
 /// Kills a child that keeps reopening the index, each time after a commit: every such open
 /// writes sled's recovery snapshot, and a kill in the middle of that once made the index
 /// unopenable for the writer (sled's unfinished `snap.*.generating`; see `store`).
@@ -269,10 +277,7 @@ fn kill_9_while_reopening_leaves_an_index_that_opens() {
     let idx = idx_dir.path().join("index");
     let mut expected: HashSet<PathBuf> = HashSet::new();
     let mut rng = Rng(11);
-    let kills: u64 = std::env::var("CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+    let kills = kills_wanted();
     for round in 1..=kills {
         let after = Duration::from_millis(5 + rng.below(150));
         let (committed, done) = run_child("reopen", &photos, &idx, Some(after));
@@ -312,14 +317,10 @@ fn kill_9_during_build_loses_nothing_committed() {
     let mut rng = Rng(7);
     let (mut kills, mut finished, mut round) = (0, 0, 0u64);
     let mut empty_kills = 0;
-    // CRASH_KILLS=500 for a longer local run.
-    let target: usize = std::env::var("CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+    let target = kills_wanted();
     while kills < target {
         round += 1;
-        assert!(round < 20 * target as u64, "too many rounds");
+        assert!(round < 20 * target, "too many rounds");
         let after = Duration::from_millis(10 + rng.below(300));
         let (committed, done) = run_child("build", &photos, &idx, Some(after));
         if std::env::var_os("CRASH_DEBUG").is_some() {
