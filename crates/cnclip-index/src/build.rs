@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -456,8 +457,21 @@ fn decode_job<E: ImageEmbedder>(
         Ok(None) => {}
         Err(e) => return skip(&job, format!("index lookup failed: {e}")),
     }
-    match embedder.prepare(&job.file.path, &bytes) {
-        Ok(p) => Outcome::New(job, hash, p),
-        Err(reason) => skip(&job, reason),
+    // A decoder's bug on some hostile file (a panic deep in a third-party decoder) costs that file,
+    // not the build: it is reported like any file that cannot be used, and the next run, finding
+    // it unchanged, tries it again rather than remembering the failure.
+    match catch_unwind(AssertUnwindSafe(|| {
+        embedder.prepare(&job.file.path, &bytes)
+    })) {
+        Ok(Ok(p)) => Outcome::New(job, hash, p),
+        Ok(Err(reason)) => skip(&job, reason),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            skip(&job, format!("the decoder crashed on it ({what})"))
+        }
     }
 }

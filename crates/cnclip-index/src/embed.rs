@@ -16,7 +16,9 @@ pub trait ImageEmbedder: Send + Sync {
     fn identity(&self) -> ModelIdentity;
 
     /// Decodes and preprocesses one file. `Err` is the reason the file cannot be used (it is skipped
-    /// and reported, never fatal): keep it short and lowercase, e.g. `"not a JPEG file"`.
+    /// and reported, never fatal): keep it short and lowercase, e.g. `"not a JPEG file"`. A panic
+    /// is caught and the file reported the same way, so `prepare` must leave the embedder usable
+    /// when it unwinds (hold no lock that a panic would poison).
     fn prepare(&self, path: &Path, bytes: &[u8]) -> Result<Self::Prepared, String>;
 
     /// Embeds a batch: one vector per item, of length `identity().dim`, any norm (the engine

@@ -307,3 +307,65 @@ fn decoder_refuses_a_bomb_before_allocating() {
     let err = cnclip_index::decode::decode_image(&png_bomb(), true).unwrap_err();
     assert!(err.contains("pixel limit"), "{err}");
 }
+
+/// The fake model, except that its decoder panics on files whose name says so, as a decoder with a
+/// bug would on some hostile file.
+struct PanickyDecoder(FakeEmbedder);
+
+impl ImageEmbedder for PanickyDecoder {
+    type Prepared = cnclip_index::PixelDigest;
+
+    fn identity(&self) -> cnclip_index::ModelIdentity {
+        self.0.identity()
+    }
+
+    fn prepare(&self, path: &Path, bytes: &[u8]) -> Result<Self::Prepared, String> {
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.starts_with("panic-literal") {
+            panic!("index out of bounds in a decoder");
+        }
+        if name.starts_with("panic-formatted") {
+            panic!("decoder bug on {name}");
+        }
+        self.0.prepare(path, bytes)
+    }
+
+    fn embed(&self, batch: &[Self::Prepared]) -> Result<Vec<Vec<f32>>, cnclip_index::EmbedError> {
+        self.0.embed(batch)
+    }
+
+    fn batch_size(&self) -> usize {
+        2
+    }
+}
+
+#[test]
+fn a_decoder_that_panics_costs_the_file_not_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let good: Vec<PathBuf> = (0..5)
+        .map(|i| common::png(dir.path(), &format!("good-{i}.png"), i))
+        .collect();
+    let bad_str = common::png(dir.path(), "panic-literal.png", 10);
+    let bad_string = common::png(dir.path(), "panic-formatted.png", 11);
+    let idx = tempfile::tempdir().unwrap();
+    let e = PanickyDecoder(FakeEmbedder::new(16));
+    let mut index = Index::create(idx.path(), &e.identity()).unwrap();
+    for _ in 0..2 {
+        let s = Indexer::new(&mut index)
+            .build(dir.path(), &e, &Silent)
+            .unwrap();
+        assert_eq!(s.total, good.len(), "{:?}", s.skipped);
+        assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
+        let r = reason(&s.skipped, &common::canon(&bad_str)).unwrap();
+        assert!(
+            r.contains("decoder crashed") && r.contains("index out of bounds"),
+            "{r}"
+        );
+        let r = reason(&s.skipped, &common::canon(&bad_string)).unwrap();
+        assert!(r.contains("decoder bug on panic-formatted.png"), "{r}");
+    }
+    for p in &good {
+        assert!(index.record(p).unwrap().is_some(), "{}", p.display());
+    }
+    assert!(index.verify().unwrap().is_ok());
+}

@@ -7,6 +7,7 @@
 //! GIF and BMP palettes) so that the pixels can be put back in that mode.
 
 use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use image::{ColorType, ImageDecoder, ImageFormat, ImageReader, Limits};
@@ -16,7 +17,37 @@ use super::{jpeg, scaled};
 use super::{ImageError, JpegDecode, PreprocessOptions};
 
 /// Decodes `bytes` (named `path` in errors), checking the pixel limit from the header first.
+///
+/// The decoders (the `image` crate's, zune-jpeg, jpeg-decoder, the EXIF reader, and ours) run on
+/// untrusted bytes; a panic in one, a bug that some hostile file finds, becomes that file's
+/// [`ImageError::Decode`] instead of taking the caller down.
 pub(crate) fn decode(
+    bytes: &[u8],
+    path: &Path,
+    opts: &PreprocessOptions,
+) -> Result<SourceImage, ImageError> {
+    guarded(path, || decode_unguarded(bytes, path, opts))
+}
+
+/// `run()`, with a panic turned into [`ImageError::Decode`] for `path`.
+fn guarded(
+    path: &Path,
+    run: impl FnOnce() -> Result<SourceImage, ImageError>,
+) -> Result<SourceImage, ImageError> {
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        Err(ImageError::Decode {
+            path: path.to_path_buf(),
+            message: format!("the decoder crashed ({what})"),
+        })
+    })
+}
+
+fn decode_unguarded(
     bytes: &[u8],
     path: &Path,
     opts: &PreprocessOptions,
@@ -328,6 +359,25 @@ fn into_mode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_while_decoding_is_the_files_error() {
+        let path = Path::new("hostile.png");
+        let err = guarded(path, || panic!("index out of bounds")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "hostile.png: cannot decode image: the decoder crashed (index out of bounds)"
+        );
+        let n = 7;
+        let err = guarded(path, || panic!("attempt to shift left by {n}")).unwrap_err();
+        assert!(
+            err.to_string().ends_with("(attempt to shift left by 7)"),
+            "{err}"
+        );
+        // Results go through untouched.
+        let fine = guarded(path, || Err(ImageError::Empty { path: path.into() })).unwrap_err();
+        assert!(matches!(fine, ImageError::Empty { .. }));
+    }
 
     #[test]
     fn grey_ramp_palettes_are_not_needed() {
