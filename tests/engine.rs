@@ -659,3 +659,221 @@ fn search_answers_while_a_build_runs() {
         files[0].canonicalize().unwrap()
     );
 }
+
+/// A `cnclip-search --serve` child, killed when dropped (also when a test fails).
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(index: &Path) -> Server {
+        use std::io::BufRead;
+        let mut child = bin("cnclip-search")
+            .arg("--index")
+            .arg(index)
+            .args(["--serve", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Server { child, port }
+    }
+
+    /// Sends `head` (request line and headers, without the blank line) and `body`; returns the
+    /// status and the JSON answer.
+    fn raw(&self, head: &str, body: &[u8]) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(format!("{head}\r\n\r\n").as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).unwrap();
+        let text = String::from_utf8(answer).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(head.contains("Content-Type: application/json"), "{head}");
+        (status, serde_json::from_str(body).unwrap())
+    }
+
+    fn get(&self, target: &str) -> (u16, Value) {
+        self.raw(&format!("GET {target} HTTP/1.1\r\nHost: test"), b"")
+    }
+
+    fn post(&self, target: &str, body: &[u8]) -> (u16, Value) {
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {}",
+            body.len()
+        );
+        self.raw(&head, body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `%XX` for every byte of `s` (what a client's URL encoding gives for non-ASCII text).
+fn percent_encoded(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[test]
+fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = make_corpus(&photos, 12, 96);
+    let index = tmp.path().join("index");
+    build(&photos, &index, "vit_tiny.pt");
+    let server = Server::start(&index);
+
+    let (code, st) = server.get("/status");
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(
+        (st["images"].as_u64(), st["dim"].as_u64()),
+        (Some(12), Some(64))
+    );
+    assert_eq!(st["precision"], "f32+jpeg-scaled");
+
+    // The same hits, scores and order as the one-shot CLI, for text and image queries, also when
+    // eight clients ask at once.
+    let text = "一只小猫在草地上";
+    let cli_text = ok(run(
+        "cnclip-search",
+        &[
+            "--index",
+            index.to_str().unwrap(),
+            "-k",
+            "5",
+            "--json",
+            text,
+        ],
+    ));
+    let cli_image: Vec<Vec<Value>> = files[..4]
+        .iter()
+        .map(|f| search_image(&index, f, 3))
+        .collect();
+    let target = format!("/search?q={}&k=5", percent_encoded(text));
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (server, target, cli_text, cli_image, files) =
+                (&server, &target, &cli_text, &cli_image, &files);
+            s.spawn(move || {
+                for i in 0..3 {
+                    let (code, answer) = server.get(target);
+                    assert_eq!(code, 200, "{answer}");
+                    assert_eq!(answer["hits"].as_array().unwrap(), cli_text);
+                    let n = (t + i) % 4;
+                    let (code, answer) =
+                        server.post("/search?k=3", &std::fs::read(&files[n]).unwrap());
+                    assert_eq!(code, 200, "{answer}");
+                    assert_eq!(answer["hits"].as_array().unwrap(), &cli_image[n]);
+                }
+            });
+        }
+    });
+    // `+` is a space and raw UTF-8 is accepted; k defaults to 10 (all 12 would be more).
+    let (code, answer) = server.get("/search?q=小猫+在草地上");
+    assert_eq!((code, answer["hits"].as_array().unwrap().len()), (200, 10));
+
+    // Requests that cannot be answered say why, and the server goes on.
+    let error = |(code, answer): (u16, Value)| {
+        let e = answer["error"].as_str().unwrap_or_default().to_owned();
+        (code, e)
+    };
+    let (code, e) = error(server.get("/search"));
+    assert!(code == 400 && e.contains("missing the query"), "{code} {e}");
+    let (code, e) = error(server.get("/search?q=%20%20"));
+    assert!(code == 400 && e.contains("empty"), "{code} {e}");
+    for k in ["0", "-1", "x", "10001"] {
+        let (code, e) = error(server.get(&format!("/search?q=a&k={k}")));
+        assert!(code == 400 && e.contains("k must be"), "{k}: {code} {e}");
+    }
+    let (code, e) = error(server.get("/search?q=%E4%B8"));
+    assert!(code == 400 && e.contains("not UTF-8"), "{code} {e}");
+    let (code, e) = error(server.post("/search", b"not an image at all"));
+    assert!(
+        code == 400 && e.contains("cannot decode image"),
+        "{code} {e}"
+    );
+    let (code, e) = error(server.post("/search", b""));
+    assert!(code == 400 && e.contains("no image"), "{code} {e}");
+    let (code, _) = server.raw("DELETE /search HTTP/1.1", b"");
+    assert_eq!(code, 405);
+    let (code, _) = server.get("/index.html");
+    assert_eq!(code, 404);
+    let big = format!(
+        "POST /search HTTP/1.1\r\nContent-Length: {}",
+        (256u64 << 20) + 1
+    );
+    assert_eq!(server.raw(&big, b"").0, 413);
+    let chunked = "POST /search HTTP/1.1\r\nTransfer-Encoding: chunked";
+    assert_eq!(server.raw(chunked, b"0\r\n\r\n").0, 411);
+    let long = format!("GET /search?q={} HTTP/1.1", "a".repeat(20_000));
+    assert_eq!(server.raw(&long, b"").0, 431);
+    assert_eq!(server.raw("HELLO", b"").0, 400);
+
+    // A build beside the server: its photos are found without a restart.
+    let new: Vec<PathBuf> = (100..103)
+        .map(|i| {
+            let p = photos.join(format!("new{i}.png"));
+            picture(i, 96, 72).save(&p).unwrap();
+            p
+        })
+        .collect();
+    build(&photos, &index, "vit_tiny.pt");
+    let started = Instant::now();
+    while server.get("/status").1["images"] != 15 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server never saw the build"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for f in &new {
+        let (code, answer) = server.post("/search?k=1", &std::fs::read(f).unwrap());
+        assert_eq!(code, 200);
+        let hit = &answer["hits"][0];
+        assert_eq!(
+            Path::new(hit["path"].as_str().unwrap()),
+            f.canonicalize().unwrap()
+        );
+        assert!((hit["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+    }
+
+    // The index rebuilt from scratch with another model: its vectors and this server's queries
+    // are not comparable, so searches are refused (status still answers).
+    std::fs::remove_dir_all(&index).unwrap();
+    build(&photos, &index, "vit336_tiny.pt");
+    let started = Instant::now();
+    let (code, e) = loop {
+        let (code, e) = error(server.get("/search?q=a"));
+        if code != 200 {
+            break (code, e);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server never saw the rebuild"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(code == 503 && e.contains("restart it"), "{code} {e}");
+    assert_eq!(
+        server.post("/search", &std::fs::read(&new[0]).unwrap()).0,
+        503
+    );
+    assert_eq!(server.get("/status").0, 200);
+}

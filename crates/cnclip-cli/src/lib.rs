@@ -10,6 +10,7 @@
 //! - [`device`] parses `--device cpu|cuda|cuda:N`; [`ComputeArgs`] is the `--precision` /
 //!   `--device` pair all three binaries take.
 //! - [`bench`](mod@bench) backs the hidden `cnclip bench` used by `tools/bench_vs_reference.py`.
+//! - [`serve`] is `cnclip-search --serve ADDR`: the index and its model behind HTTP, in JSON.
 
 #![deny(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod device;
 pub mod engine;
 pub mod eval;
+pub mod serve;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,9 @@
 //! search asks the graph for the nearest live vectors (vectors removed since the snapshot are
 //! filtered out), scans the vectors added since the snapshot exactly, and merges the two; small
 //! indexes have no graph and are scanned exactly. [`Searcher::refresh`] picks up batches committed
-//! since, so a long-running backend sees a build's progress without reopening.
+//! since, so a long-running backend sees a build's progress without reopening; when a build has
+//! written a new graph snapshot, [`Searcher::needs_reopen`] says so, and a server can open the new
+//! one beside the searcher in use (as `cnclip-search --serve` does) instead of stalling queries.
 //!
 //! Query encoding is behind [`QueryEncoder`], implemented on top of the model crate: text →
 //! tokenize → text tower, image → preprocess → vision tower. Scores are cosines of L2-normalized
@@ -129,6 +131,9 @@ pub struct Searcher {
     view: ViewReader,
     identity: ModelIdentity,
     graph: Option<(Manifest, Graph)>,
+    /// The snapshot (`Manifest::dir`) the graph was last loaded from, or tried and found
+    /// damaged: a damaged one is not tried again until a build replaces it.
+    graph_seen: Option<String>,
     state: State,
     warnings: Vec<String>,
     ef_search: Option<usize>,
@@ -163,6 +168,7 @@ impl Searcher {
             identity,
             view,
             graph: None,
+            graph_seen: None,
             warnings: Vec::new(),
             ef_search: None,
             use_graph,
@@ -176,10 +182,15 @@ impl Searcher {
 
     fn load_graph(&mut self) {
         let uuid = self.view.header().uuid.clone();
+        self.graph_seen = graph::read_manifest(&self.dir)
+            .ok()
+            .flatten()
+            .map(|m| m.dir);
         // The writer deletes the previous snapshot right after switching: retry on a vanished file.
         for attempt in 0..3 {
             match graph::load_snapshot(&self.dir, &uuid, self.identity.dim) {
                 Ok(g) => {
+                    self.graph_seen = g.as_ref().map(|(m, _)| m.dir.clone());
                     self.graph = g;
                     if let (Some(ef), Some((_, g))) = (self.ef_search, self.graph.as_mut()) {
                         g.set_ef_search(ef);
@@ -205,12 +216,7 @@ impl Searcher {
     /// Picks up what was committed since: new batches of the reader log, a rewritten log, a new
     /// graph snapshot. Returns whether anything changed.
     pub fn refresh(&mut self) -> Result<bool> {
-        let current = graph::read_manifest(&self.dir)
-            .ok()
-            .flatten()
-            .map(|m| m.dir);
-        let ours = self.graph.as_ref().map(|(m, _)| m.dir.clone());
-        if self.view.is_replaced() || (self.use_graph && current != ours) {
+        if self.needs_reopen() {
             let ef = self.ef_search;
             *self = Searcher::open_with(&self.dir, self.use_graph)?;
             if let Some(ef) = ef {
@@ -219,6 +225,23 @@ impl Searcher {
             return Ok(true);
         }
         Ok(self.read_view()? > 0)
+    }
+
+    /// Whether [`Searcher::refresh`] would open the index anew (its reader log was rewritten, or a
+    /// new graph snapshot replaced the one loaded) rather than read the batches added since.
+    /// Opening anew costs as much as [`Searcher::open`] (seconds for a large graph), so a server
+    /// answering queries meanwhile opens a fresh searcher beside this one and swaps it in.
+    pub fn needs_reopen(&self) -> bool {
+        let current = graph::read_manifest(&self.dir)
+            .ok()
+            .flatten()
+            .map(|m| m.dir);
+        self.view.is_replaced() || (self.use_graph && current != self.graph_seen)
+    }
+
+    /// The index directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The model the index was built with (queries must be encoded with it).

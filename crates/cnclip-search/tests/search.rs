@@ -148,6 +148,70 @@ fn refresh_sees_later_batches() {
     assert!(!s.refresh().unwrap());
 }
 
+#[test]
+fn a_new_graph_snapshot_is_a_reopen_and_new_batches_are_not() {
+    let photos = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (0..30)
+        .map(|i| png(photos.path(), &format!("p{i}.png"), i))
+        .collect();
+    let e = FakeEmbedder::new(16);
+    let idx = tempfile::tempdir().unwrap();
+    let policy = GraphPolicy {
+        min_vectors: 20,
+        max_pending: 5,
+        ..GraphPolicy::default()
+    };
+    build(idx.path(), photos.path(), &e, policy);
+    let mut s = Searcher::open(idx.path()).unwrap();
+    assert!(s.uses_graph() && !s.needs_reopen());
+    assert_eq!(s.dir(), idx.path());
+    // Three new photos wait outside the snapshot (at most 5 may): batches to read, no reopen.
+    let few: Vec<PathBuf> = (30..33)
+        .map(|i| png(photos.path(), &format!("p{i}.png"), i))
+        .collect();
+    build(idx.path(), photos.path(), &e, policy);
+    assert!(!s.needs_reopen());
+    assert!(s.refresh().unwrap());
+    assert_eq!((s.len(), s.exact_vectors()), (33, 3));
+    // Ten more pass the limit: the build writes a new snapshot, which a reader must load anew.
+    let many: Vec<PathBuf> = (33..43)
+        .map(|i| png(photos.path(), &format!("p{i}.png"), i))
+        .collect();
+    build(idx.path(), photos.path(), &e, policy);
+    assert!(s.needs_reopen());
+    assert!(s.refresh().unwrap());
+    assert!(s.uses_graph() && !s.needs_reopen());
+    assert_eq!((s.len(), s.exact_vectors()), (43, 0));
+    assert_self_retrieval(&s, &e, &[&files[..], &few[..], &many[..]].concat());
+
+    // A damaged snapshot: searched exactly, with a warning, and not loaded again (a server
+    // refreshing every second would reload it forever) until a build replaces it.
+    let snapshot = fs::read_dir(idx.path().join("graph"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let data = fs::read_dir(&snapshot)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .max_by_key(|f| f.metadata().unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&data).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    fs::write(&data, bytes).unwrap();
+    let mut s = Searcher::open(idx.path()).unwrap();
+    assert!(!s.uses_graph());
+    assert!(
+        s.warnings()[0].contains("searching exactly until it is rebuilt"),
+        "{:?}",
+        s.warnings()
+    );
+    assert!(!s.needs_reopen());
+    assert!(!s.refresh().unwrap());
+    assert_self_retrieval(&s, &e, &many);
+}
+
 struct Encoder(FakeEmbedder, PathBuf);
 
 impl QueryEncoder for Encoder {

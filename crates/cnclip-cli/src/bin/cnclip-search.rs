@@ -4,8 +4,12 @@
 //! the index; `--model` overrides) and prints the top-k images by cosine similarity. It reads the
 //! index without taking its lock, so it answers while `cnclip-index build` runs, from everything
 //! committed so far.
+//!
+//! `cnclip-search --serve 127.0.0.1:7860` keeps the model and the index loaded and answers text
+//! and image queries over HTTP instead (see `cnclip_cli::serve`).
 
 use std::io::Write;
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,11 +25,16 @@ use cnclip_search::{QueryEncoder, Searcher};
 #[command(name = "cnclip-search", version, about)]
 struct Cli {
     /// The query text, e.g. 一只小猫.
-    #[arg(required_unless_present = "image", conflicts_with = "image")]
+    #[arg(required_unless_present_any = ["image", "serve"], conflicts_with_all = ["image", "serve"])]
     query: Option<String>,
     /// Search by an example image instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "serve")]
     image: Option<PathBuf>,
+    /// Answer queries over HTTP on this address (e.g. 127.0.0.1:7860; port 0 picks a free one)
+    /// until stopped: GET /search?q=TEXT&k=N, POST /search?k=N with an image as the body, GET
+    /// /status; JSON answers. No authentication: keep it on a loopback address.
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<String>,
     /// The index directory (default: $CNCLIP_INDEX, else $XDG_DATA_HOME/cnclip/index, else
     /// ~/.local/share/cnclip/index).
     #[arg(long)]
@@ -82,17 +91,23 @@ fn run(cli: Cli) -> Result<()> {
     let jpeg_decode = jpeg_decode_of(&identity);
     let (searcher, engine) = std::thread::scope(|s| {
         // One query per run: an exact scan answers sooner than loading the graph would (see
-        // `Searcher::open_exact`).
-        let searcher = s.spawn(|| Searcher::open_exact(&index_dir));
+        // `Searcher::open_exact`). A server answers many: the graph pays.
+        let searcher = s.spawn(|| {
+            if cli.serve.is_some() {
+                Searcher::open(&index_dir)
+            } else {
+                Searcher::open_exact(&index_dir)
+            }
+        });
         let opts = EngineOptions {
             precision: cli.compute.precision,
             exif_orientation: exif,
             jpeg_decode,
             // One query, one tower: a text query never reads the image tower's weights.
-            towers: if cli.image.is_some() {
-                Towers::Image
-            } else {
-                Towers::Text
+            towers: match (&cli.serve, &cli.image) {
+                (Some(_), _) => Towers::Both,
+                (None, Some(_)) => Towers::Image,
+                (None, None) => Towers::Text,
             },
             device: cli.compute.device,
         };
@@ -111,6 +126,19 @@ fn run(cli: Cli) -> Result<()> {
     }
     for w in searcher.warnings() {
         eprintln!("warning: {w}");
+    }
+    if let Some(addr) = &cli.serve {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        let bound = listener.local_addr()?;
+        // The first line on stdout: scripts (and the tests) read the port from it.
+        stdout_ok(writeln!(
+            std::io::stdout().lock(),
+            "serving {} ({} images) on http://{bound}",
+            index_dir.display(),
+            searcher.len()
+        ))?;
+        cnclip_cli::serve::serve(listener, searcher, engine);
     }
     let hits = match (&cli.query, &cli.image) {
         (_, Some(path)) => searcher.search_image(&engine, path, cli.k)?,

@@ -1,0 +1,480 @@
+//! `cnclip-search --serve ADDR`: an index and its model behind a small HTTP/1.1 interface that
+//! answers in JSON, for photo-library backends that do not link the Rust library.
+//!
+//! - `GET /search?q=一只小猫&k=10` — a text query (the `q` parameter percent-encoded UTF-8; `k`
+//!   defaults to 10): `{"hits": [{"rank", "score", "path"}, …]}`, best first, as
+//!   `cnclip-search --json` prints them.
+//! - `POST /search?k=10` — an image query: the body is the image file (any format the indexer
+//!   reads, at most [`MAX_BODY`] bytes, with a `Content-Length`), decoded as the index's photos were.
+//! - `GET /status` — `{"model", "dim", "preprocess", "precision", "images", "vectors", "graph",
+//!   "exact_vectors"}`.
+//!
+//! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q`, an
+//! empty one, a bad `k`, an image that does not decode), 404 and 405 for other paths and methods,
+//! 408 when a request does not arrive within [`READ_TIMEOUT`], 411 for a body without a length, 413
+//! for one over [`MAX_BODY`], 431 for headers over [`MAX_HEAD`], 500 when the index cannot be read,
+//! and 503 once the index has been rebuilt with another model than the server's (its vectors and
+//! the server's queries are not comparable: restart the server).
+//!
+//! The index is read as `cnclip-search` reads it, without its lock, so a build can run beside the
+//! server: every second a refresher picks up the batches it committed, and when a new graph
+//! snapshot or a rewritten log needs the index opened anew, it opens a fresh searcher beside the
+//! one in use and swaps it in, so queries never wait for a graph to load. [`WORKERS`] threads take
+//! connections, one request each (`Connection: close`); searches run side by side, while queries
+//! are encoded one at a time, since the model already spreads one query over every core. There is
+//! no authentication: bind to a loopback address (the default in the README) unless something in
+//! front of it decides who may ask.
+
+use std::io::{BufWriter, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use cnclip_index::{Error, ImageEmbedder};
+use cnclip_search::{Hit, QueryEncoder, Searcher};
+use serde_json::{json, Value};
+
+use crate::engine::ClipEngine;
+
+/// Threads taking connections.
+pub const WORKERS: usize = 8;
+/// The largest request head (request line and headers) read.
+pub const MAX_HEAD: usize = 16 << 10;
+/// The largest body accepted: a query image (a 100-MP camera file fits).
+pub const MAX_BODY: u64 = 256 << 20;
+/// How long a connection may take to send its request, and to take its answer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Results per query when `k` is not given, and the most that may be asked for.
+const DEFAULT_K: usize = 10;
+const MAX_K: usize = 10_000;
+/// How often the refresher looks for what builds committed.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// What the workers share.
+struct Server {
+    searcher: RwLock<Searcher>,
+    engine: ClipEngine,
+    /// Held while a query is encoded (one at a time).
+    encoding: Mutex<()>,
+    /// Set when the index was rebuilt with another model: its vectors cannot be compared with
+    /// this model's queries, so searches are refused until the server restarts with that model.
+    other_model: Mutex<Option<String>>,
+    /// The refresher's last failure, said once rather than every second.
+    refresh_failure: Mutex<Option<String>>,
+}
+
+/// Serves queries on `listener` until the process ends. `searcher` and `engine` must agree on the
+/// model (the caller checks).
+pub fn serve(listener: TcpListener, searcher: Searcher, engine: ClipEngine) -> ! {
+    let server = Server {
+        searcher: RwLock::new(searcher),
+        engine,
+        encoding: Mutex::new(()),
+        other_model: Mutex::new(None),
+        refresh_failure: Mutex::new(None),
+    };
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS {
+            let listener = listener
+                .try_clone()
+                .expect("a listening socket can be cloned");
+            let server = &server;
+            s.spawn(move || {
+                loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => server.answer(stream),
+                        // A connection reset before it was taken is its client's problem; out
+                        // of file descriptors, wait a moment rather than spin.
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            });
+        }
+        s.spawn(|| loop {
+            std::thread::sleep(REFRESH_EVERY);
+            server.refresh();
+        });
+    });
+    unreachable!("the workers never return")
+}
+
+/// A parsed request.
+#[derive(Debug)]
+struct Request {
+    method: String,
+    path: String,
+    query: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// An answer that is not 200: its status and message.
+#[derive(Debug, PartialEq)]
+struct Failure(u16, String);
+
+fn fail<T>(status: u16, message: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure(status, message.into()))
+}
+
+impl Server {
+    fn answer(&self, mut stream: TcpStream) {
+        let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
+        let result = read_request(&mut stream).and_then(|req| {
+            // A bug met on some query must cost that query, not the server.
+            catch_unwind(AssertUnwindSafe(|| self.route(&req))).unwrap_or_else(|_| {
+                fail(
+                    500,
+                    "internal error while answering (a bug: please report it)",
+                )
+            })
+        });
+        let (status, body) = match result {
+            Ok(body) => (200, body),
+            Err(Failure(status, message)) => (status, json!({ "error": message }).to_string()),
+        };
+        // The client may have gone; nothing to tell it then.
+        let _ = write_response(&mut stream, status, &body);
+        // Read what the client still sends (a body the server refused) until it closes, for at
+        // most a second, so that closing does not reset the connection before the client has read
+        // the answer.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        let until = std::time::Instant::now() + Duration::from_secs(1);
+        let mut scratch = [0u8; 16 << 10];
+        while std::time::Instant::now() < until {
+            match stream.read(&mut scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn route(&self, req: &Request) -> Result<String, Failure> {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/search") => {
+                let k = k_of(req)?;
+                let Some(text) = param(req, "q") else {
+                    return fail(400, "missing the query: GET /search?q=TEXT");
+                };
+                if text.trim().is_empty() {
+                    return fail(400, "the query is empty");
+                }
+                let vector = self.encode(|| self.engine.encode_text(text).map_err(Error::Embed))?;
+                self.search(&vector, k)
+            }
+            ("POST", "/search") => {
+                let k = k_of(req)?;
+                if req.body.is_empty() {
+                    return fail(400, "no image: POST the image file as the body");
+                }
+                // Decoded beside other queries; only the model runs one at a time.
+                let prepared = self
+                    .engine
+                    .prepare(Path::new("the posted image"), &req.body)
+                    .or_else(|e| fail(400, e))?;
+                let vector = self.encode(|| {
+                    Ok(self
+                        .engine
+                        .embed(&[prepared])
+                        .map_err(Error::Embed)?
+                        .remove(0))
+                })?;
+                self.search(&vector, k)
+            }
+            ("GET", "/status") => Ok(self.status().to_string()),
+            (_, "/search") => fail(405, "use GET /search?q=TEXT or POST /search with an image"),
+            (_, "/status") => fail(405, "use GET /status"),
+            _ => fail(
+                404,
+                format!("no such endpoint: {} (see GET /status, /search)", req.path),
+            ),
+        }
+    }
+
+    fn encode(
+        &self,
+        run: impl FnOnce() -> cnclip_index::Result<Vec<f32>>,
+    ) -> Result<Vec<f32>, Failure> {
+        let _one_at_a_time = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+        run().or_else(|e| match e {
+            // The model could not take this query (an image that does not decode, a text it
+            // cannot encode): the asker's to fix.
+            Error::Embed(e) => fail(400, e.to_string()),
+            e => fail(500, e.to_string()),
+        })
+    }
+
+    fn search(&self, vector: &[f32], k: usize) -> Result<String, Failure> {
+        /// The answer, its hits' fields in `cnclip-search --json`'s order.
+        #[derive(serde::Serialize)]
+        struct Hits {
+            hits: Vec<Hit>,
+        }
+        if let Some(why) = &*self.other_model.lock().unwrap_or_else(|e| e.into_inner()) {
+            return fail(503, why.clone());
+        }
+        let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
+        match searcher.search_vector(vector, k) {
+            Ok(hits) => serde_json::to_string(&Hits { hits }).or_else(|e| fail(500, e.to_string())),
+            Err(e) => fail(500, e.to_string()),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let s = self.searcher.read().unwrap_or_else(|e| e.into_inner());
+        let id = s.identity();
+        json!({
+            "model": id.model,
+            "dim": id.dim,
+            "preprocess": id.preprocess,
+            "precision": id.precision,
+            "images": s.len(),
+            "vectors": s.vectors(),
+            "graph": s.uses_graph(),
+            "exact_vectors": s.exact_vectors(),
+        })
+    }
+
+    /// Picks up what builds committed; a reopen happens beside the searcher in use.
+    fn refresh(&self) {
+        let (reopen, dir) = {
+            let s = self.searcher.read().unwrap_or_else(|e| e.into_inner());
+            (s.needs_reopen(), s.dir().to_path_buf())
+        };
+        let result = if reopen {
+            Searcher::open(&dir).map(|fresh| {
+                for w in fresh.warnings() {
+                    eprintln!("warning: {w}");
+                }
+                *self.searcher.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            })
+        } else {
+            let mut s = self.searcher.write().unwrap_or_else(|e| e.into_inner());
+            s.refresh().map(drop)
+        };
+        // Queries go on with what was read; the next round tries again.
+        let failure = result.err().map(|e| e.to_string());
+        let mut last = self
+            .refresh_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if failure.is_some() && *last != failure {
+            eprintln!(
+                "warning: cannot refresh the index: {}",
+                failure.as_deref().unwrap_or("")
+            );
+        }
+        *last = failure;
+        // A reopened index may have been rebuilt from scratch with another model.
+        let s = self.searcher.read().unwrap_or_else(|e| e.into_inner());
+        let ours = ImageEmbedder::identity(&self.engine);
+        let mut other = self.other_model.lock().unwrap_or_else(|e| e.into_inner());
+        let theirs = s.identity();
+        if ours.compatible(theirs) {
+            *other = None;
+        } else if other.is_none() {
+            let why = format!(
+                "{}: the index is now built with {theirs}, but this server encodes queries with \
+                 {ours}; restart it to search with the index's model",
+                dir.display()
+            );
+            eprintln!("error: {why}");
+            *other = Some(why);
+        }
+    }
+}
+
+fn param<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
+    req.query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn k_of(req: &Request) -> Result<usize, Failure> {
+    match param(req, "k") {
+        None => Ok(DEFAULT_K),
+        Some(k) => match k.parse::<usize>() {
+            Ok(k) if (1..=MAX_K).contains(&k) => Ok(k),
+            _ => fail(
+                400,
+                format!("k must be a whole number from 1 to {MAX_K}, not {k:?}"),
+            ),
+        },
+    }
+}
+
+/// Reads one request: its head, then a body of `Content-Length` bytes.
+fn read_request(stream: &mut TcpStream) -> Result<Request, Failure> {
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        let end = find(&buf, b"\r\n\r\n");
+        if end.unwrap_or(buf.len()) > MAX_HEAD {
+            return fail(431, format!("the request head is over {MAX_HEAD} bytes"));
+        }
+        if let Some(at) = end {
+            break at;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => return fail(400, "the connection closed before the request ended"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return fail(408, "the request did not arrive in time")
+            }
+            Err(e) => return fail(400, format!("cannot read the request: {e}")),
+        }
+    };
+    let mut body = buf.split_off(head_end + 4);
+    buf.truncate(head_end);
+    let head = std::str::from_utf8(&buf)
+        .map_err(|_| Failure(400, "the request head is not UTF-8".into()))?;
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return fail(400, format!("not an HTTP request line: {request_line:?}"));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return fail(400, format!("not HTTP/1.x: {version:?}"));
+    }
+    let mut length: Option<u64> = None;
+    let mut expect_continue = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return fail(400, format!("not a header: {line:?}"));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .parse::<u64>()
+                .map_err(|_| Failure(400, format!("bad Content-Length: {value:?}")))?;
+            if length.is_some_and(|l| l != n) {
+                return fail(400, "two different Content-Lengths");
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return fail(411, "send the body with a Content-Length, not chunked");
+        } else if name.eq_ignore_ascii_case("expect") && value.eq_ignore_ascii_case("100-continue")
+        {
+            expect_continue = true;
+        }
+    }
+    let length = length.unwrap_or(0);
+    if length > MAX_BODY {
+        return fail(413, format!("the body is over {} MiB", MAX_BODY >> 20));
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = parse_query(query)?;
+    if expect_continue && length > 0 {
+        // curl asks before sending a large body.
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(|e| Failure(400, format!("cannot answer: {e}")))?;
+    }
+    if body.len() as u64 > length {
+        // Pipelined requests are not read: one request per connection.
+        body.truncate(length as usize);
+    }
+    let rest = length - body.len() as u64;
+    stream
+        .take(rest)
+        .read_to_end(&mut body)
+        .map_err(|e| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                Failure(408, "the body did not arrive in time".into())
+            }
+            _ => Failure(400, format!("cannot read the body: {e}")),
+        })?;
+    if (body.len() as u64) < length {
+        return fail(400, "the connection closed before the body ended");
+    }
+    Ok(Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query,
+        body,
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `a=1&b=x+y%21` → `[("a", "1"), ("b", "x y!")]`: form encoding, UTF-8.
+fn parse_query(query: &str) -> Result<Vec<(String, String)>, Failure> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Result<String, Failure> {
+    let bad = || Failure(400, format!("bad percent-encoding in {s:?}"));
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next().ok_or_else(bad)?, bytes.next().ok_or_else(bad)?];
+                let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).map_err(|_| Failure(400, format!("the query {s:?} is not UTF-8")))
+}
+
+fn write_response(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    };
+    let mut out = BufWriter::new(stream);
+    write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_form_decoded_as_utf8() {
+        let q = parse_query("q=%E4%B8%80%E5%8F%AA%E5%B0%8F%E7%8C%AB&k=3&x=a+b%2Bc&&flag").unwrap();
+        let pairs: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [("q", "一只小猫"), ("k", "3"), ("x", "a b+c"), ("flag", "")]
+        );
+        // Raw UTF-8 in the target (some clients send it) is kept.
+        assert_eq!(parse_query("q=小猫").unwrap()[0].1, "小猫");
+        for bad in ["q=%", "q=%E", "q=%zz", "q=%FF", "q=%E4%B8"] {
+            assert_eq!(parse_query(bad).unwrap_err().0, 400, "{bad}");
+        }
+    }
+}
