@@ -817,7 +817,7 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
     assert_eq!(code, 404);
     let big = format!(
         "POST /search HTTP/1.1\r\nContent-Length: {}",
-        (256u64 << 20) + 1
+        (64u64 << 20) + 1
     );
     assert_eq!(server.raw(&big, b"").0, 413);
     let chunked = "POST /search HTTP/1.1\r\nTransfer-Encoding: chunked";

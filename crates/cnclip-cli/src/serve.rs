@@ -21,9 +21,9 @@
 //! snapshot or a rewritten log needs the index opened anew, it opens a fresh searcher beside the
 //! one in use and swaps it in, so queries never wait for a graph to load. [`WORKERS`] threads take
 //! connections, one request each (`Connection: close`); searches run side by side, while queries
-//! are encoded one at a time, since the model already spreads one query over every core. There is
-//! no authentication: bind to a loopback address (the default in the README) unless something in
-//! front of it decides who may ask.
+//! are encoded one at a time, since the model already spreads one query over every core, and
+//! query images are decoded one at a time beside that. There is no authentication: bind to a
+//! loopback address (as the README does) unless something in front decides who may ask.
 
 use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -42,8 +42,9 @@ use crate::engine::ClipEngine;
 pub const WORKERS: usize = 8;
 /// The largest request head (request line and headers) read.
 pub const MAX_HEAD: usize = 16 << 10;
-/// The largest body accepted: a query image (a 100-MP camera file fits).
-pub const MAX_BODY: u64 = 256 << 20;
+/// The largest body accepted: a query image (a 100-MP camera JPEG fits). With [`WORKERS`]
+/// connections at once, bodies take at most 512 MiB.
+pub const MAX_BODY: u64 = 64 << 20;
 /// How long a connection may take to send its request, and to take its answer.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Results per query when `k` is not given, and the most that may be asked for.
@@ -58,6 +59,9 @@ struct Server {
     engine: ClipEngine,
     /// Held while a query is encoded (one at a time).
     encoding: Mutex<()>,
+    /// Held while a query image is decoded (one at a time, apart from the model: a text query
+    /// need not wait for a decode, and the pixels of one photo are in memory at a time).
+    decoding: Mutex<()>,
     /// Set when the index was rebuilt with another model: its vectors cannot be compared with
     /// this model's queries, so searches are refused until the server restarts with that model.
     other_model: Mutex<Option<String>>,
@@ -72,6 +76,7 @@ pub fn serve(listener: TcpListener, searcher: Searcher, engine: ClipEngine) -> !
         searcher: RwLock::new(searcher),
         engine,
         encoding: Mutex::new(()),
+        decoding: Mutex::new(()),
         other_model: Mutex::new(None),
         refresh_failure: Mutex::new(None),
     };
@@ -169,11 +174,12 @@ impl Server {
                 if req.body.is_empty() {
                     return fail(400, "no image: POST the image file as the body");
                 }
-                // Decoded beside other queries; only the model runs one at a time.
-                let prepared = self
-                    .engine
-                    .prepare(Path::new("the posted image"), &req.body)
-                    .or_else(|e| fail(400, e))?;
+                let prepared = {
+                    let _one_at_a_time = self.decoding.lock().unwrap_or_else(|e| e.into_inner());
+                    self.engine
+                        .prepare(Path::new("the posted image"), &req.body)
+                        .or_else(|e| fail(400, e))?
+                };
                 let vector = self.encode(|| {
                     Ok(self
                         .engine
