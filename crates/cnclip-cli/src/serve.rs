@@ -30,7 +30,7 @@ use std::net::{TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cnclip_index::{Error, ImageEmbedder};
 use cnclip_search::{Hit, QueryEncoder, Searcher};
@@ -45,8 +45,9 @@ pub const MAX_HEAD: usize = 16 << 10;
 /// The largest body accepted: a query image (a 100-MP camera JPEG fits). With [`WORKERS`]
 /// connections at once, bodies take at most 512 MiB.
 pub const MAX_BODY: u64 = 64 << 20;
-/// How long a connection may take to send its request, and to take its answer.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may take to send its whole request, and to take its answer: a client
+/// that trickles bytes holds a worker no longer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Results per query when `k` is not given, and the most that may be asked for.
 const DEFAULT_K: usize = 10;
 const MAX_K: usize = 10_000;
@@ -124,9 +125,9 @@ fn fail<T>(status: u16, message: impl Into<String>) -> Result<T, Failure> {
 
 impl Server {
     fn answer(&self, mut stream: TcpStream) {
-        let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
         let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
-        let result = read_request(&mut stream).and_then(|req| {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        let result = read_request(&mut stream, deadline).and_then(|req| {
             // A bug met on some query must cost that query, not the server.
             catch_unwind(AssertUnwindSafe(|| self.route(&req))).unwrap_or_else(|_| {
                 fail(
@@ -146,9 +147,9 @@ impl Server {
         // the answer.
         let _ = stream.shutdown(std::net::Shutdown::Write);
         let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-        let until = std::time::Instant::now() + Duration::from_secs(1);
+        let until = Instant::now() + Duration::from_secs(1);
         let mut scratch = [0u8; 16 << 10];
-        while std::time::Instant::now() < until {
+        while Instant::now() < until {
             match stream.read(&mut scratch) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
@@ -312,8 +313,8 @@ fn k_of(req: &Request) -> Result<usize, Failure> {
     }
 }
 
-/// Reads one request: its head, then a body of `Content-Length` bytes.
-fn read_request(stream: &mut TcpStream) -> Result<Request, Failure> {
+/// Reads one request, its head, then a body of `Content-Length` bytes, all before `deadline`.
+fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request, Failure> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
         let end = find(&buf, b"\r\n\r\n");
@@ -324,14 +325,9 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, Failure> {
             break at;
         }
         let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => return fail(400, "the connection closed before the request ended"),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return fail(408, "the request did not arrive in time")
-            }
-            Err(e) => return fail(400, format!("cannot read the request: {e}")),
+        match read_before(stream, deadline, &mut chunk)? {
+            0 => return fail(400, "the connection closed before the request ended"),
+            n => buf.extend_from_slice(&chunk[..n]),
         }
     };
     let mut body = buf.split_off(head_end + 4);
@@ -387,18 +383,15 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, Failure> {
         // Pipelined requests are not read: one request per connection.
         body.truncate(length as usize);
     }
-    let rest = length - body.len() as u64;
-    stream
-        .take(rest)
-        .read_to_end(&mut body)
-        .map_err(|e| match e.kind() {
-            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-                Failure(408, "the body did not arrive in time".into())
-            }
-            _ => Failure(400, format!("cannot read the body: {e}")),
-        })?;
-    if (body.len() as u64) < length {
-        return fail(400, "the connection closed before the body ended");
+    while (body.len() as u64) < length {
+        let start = body.len();
+        let want = usize::try_from(length - start as u64).map_or(64 << 10, |n| n.min(64 << 10));
+        body.resize(start + want, 0);
+        let n = read_before(stream, deadline, &mut body[start..])?;
+        body.truncate(start + n);
+        if n == 0 {
+            return fail(400, "the connection closed before the body ended");
+        }
     }
     Ok(Request {
         method: method.to_owned(),
@@ -406,6 +399,30 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, Failure> {
         query,
         body,
     })
+}
+
+/// One `read`, in what is left of the time the request may take.
+fn read_before(
+    stream: &mut TcpStream,
+    deadline: Instant,
+    into: &mut [u8],
+) -> Result<usize, Failure> {
+    let late = || Failure(408, "the request did not arrive in time".into());
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(late)?;
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(into) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(late())
+            }
+            Err(e) => return fail(400, format!("cannot read the request: {e}")),
+        }
+    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -433,6 +450,10 @@ fn percent_decode(s: &str) -> Result<String, Failure> {
             b'+' => out.push(b' '),
             b'%' => {
                 let hex = [bytes.next().ok_or_else(bad)?, bytes.next().ok_or_else(bad)?];
+                // Two hex digits: `from_str_radix` alone would take a sign ("%+F").
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(bad());
+                }
                 let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
             }
@@ -469,6 +490,68 @@ fn write_response(stream: &mut TcpStream, status: u16, body: &str) -> std::io::R
 mod tests {
     use super::*;
 
+    /// A connected pair: the client's end and the server's.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (client, listener.accept().unwrap().0)
+    }
+
+    #[test]
+    fn a_request_is_read_whole_or_refused_in_time() {
+        let (mut client, mut server) = pair();
+        let body = b"\x89PNG not really";
+        let head = format!(
+            "POST /search?k=2 HTTP/1.1\r\nHost: x\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        // Head and body in pieces, the body split across reads.
+        let writer = std::thread::spawn(move || {
+            client.write_all(&head.as_bytes()[..10]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            client.write_all(&head.as_bytes()[10..]).unwrap();
+            client.write_all(&body[..4]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            client.write_all(&body[4..]).unwrap();
+            client
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let req = read_request(&mut server, deadline).unwrap();
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            ("POST", "/search")
+        );
+        assert_eq!(req.query, [("k".to_owned(), "2".to_owned())]);
+        assert_eq!(req.body, body);
+        drop(writer.join().unwrap());
+
+        // A client that trickles a byte every 50 ms never lets one read time out, but the
+        // request as a whole must arrive by the deadline (without it, this would read on until
+        // the trickle ends after 2 s and answer 400 for the closed connection).
+        let (mut client, mut server) = pair();
+        let trickle = std::thread::spawn(move || {
+            for b in b"GET /search?q=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+                if client.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let late = read_request(&mut server, Instant::now() + Duration::from_millis(300));
+        assert_eq!(late.unwrap_err().0, 408);
+        drop(server);
+        trickle.join().unwrap();
+
+        // A body shorter than its length, then the connection closed.
+        let (mut client, mut server) = pair();
+        client
+            .write_all(b"POST /search HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+            .unwrap();
+        drop(client);
+        let cut = read_request(&mut server, Instant::now() + Duration::from_secs(10));
+        assert_eq!(cut.unwrap_err().0, 400);
+    }
+
     #[test]
     fn queries_are_form_decoded_as_utf8() {
         let q = parse_query("q=%E4%B8%80%E5%8F%AA%E5%B0%8F%E7%8C%AB&k=3&x=a+b%2Bc&&flag").unwrap();
@@ -479,7 +562,7 @@ mod tests {
         );
         // Raw UTF-8 in the target (some clients send it) is kept.
         assert_eq!(parse_query("q=小猫").unwrap()[0].1, "小猫");
-        for bad in ["q=%", "q=%E", "q=%zz", "q=%FF", "q=%E4%B8"] {
+        for bad in ["q=%", "q=%E", "q=%zz", "q=%+F", "q=%FF", "q=%E4%B8"] {
             assert_eq!(parse_query(bad).unwrap_err().0, 400, "{bad}");
         }
     }
