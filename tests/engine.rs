@@ -738,6 +738,19 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
     let files = make_corpus(&photos, 12, 96);
     let index = tmp.path().join("index");
     build(&photos, &index, "vit_tiny.pt");
+    // An address in use is said at once.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = bin("cnclip-search")
+        .arg("--index")
+        .arg(&index)
+        .args(["--serve", &taken.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("cannot listen on"),
+        "{stderr}"
+    );
     let server = Server::start(&index);
 
     let (code, st) = server.get("/status");

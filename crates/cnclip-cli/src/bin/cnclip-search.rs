@@ -30,10 +30,10 @@ struct Cli {
     /// Search by an example image instead of text.
     #[arg(long, conflicts_with = "serve")]
     image: Option<PathBuf>,
-    /// Answer queries over HTTP on this address (e.g. 127.0.0.1:7860; port 0 picks a free one)
-    /// until stopped: GET /search?q=TEXT&k=N, POST /search?k=N with an image as the body, GET
-    /// /status; JSON answers. No authentication: keep it on a loopback address.
-    #[arg(long, value_name = "ADDR")]
+    /// Answer queries over HTTP on this address (alone: 127.0.0.1:7860; port 0 picks a free
+    /// one) until stopped: GET /search?q=TEXT&k=N, POST /search?k=N with an image as the body,
+    /// GET /status; JSON answers. No authentication: keep it on a loopback address.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:7860")]
     serve: Option<String>,
     /// The index directory (default: $CNCLIP_INDEX, else $XDG_DATA_HOME/cnclip/index, else
     /// ~/.local/share/cnclip/index).
@@ -62,6 +62,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // A taken or malformed address is said before anything loads.
+    let listener = cli
+        .serve
+        .as_ref()
+        .map(|addr| TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}")))
+        .transpose()?;
     let index_dir = match &cli.index {
         Some(p) => p.clone(),
         None => cnclip_index::default_index_path()
@@ -93,7 +99,7 @@ fn run(cli: Cli) -> Result<()> {
         // One query per run: an exact scan answers sooner than loading the graph would (see
         // `Searcher::open_exact`). A server answers many: the graph pays.
         let searcher = s.spawn(|| {
-            if cli.serve.is_some() {
+            if listener.is_some() {
                 Searcher::open(&index_dir)
             } else {
                 Searcher::open_exact(&index_dir)
@@ -104,7 +110,7 @@ fn run(cli: Cli) -> Result<()> {
             exif_orientation: exif,
             jpeg_decode,
             // One query, one tower: a text query never reads the image tower's weights.
-            towers: match (&cli.serve, &cli.image) {
+            towers: match (&listener, &cli.image) {
                 (Some(_), _) => Towers::Both,
                 (None, Some(_)) => Towers::Image,
                 (None, None) => Towers::Text,
@@ -127,9 +133,7 @@ fn run(cli: Cli) -> Result<()> {
     for w in searcher.warnings() {
         eprintln!("warning: {w}");
     }
-    if let Some(addr) = &cli.serve {
-        let listener =
-            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    if let Some(listener) = listener {
         let bound = listener.local_addr()?;
         // The first line on stdout: scripts (and the tests) read the port from it.
         stdout_ok(writeln!(
