@@ -10,7 +10,8 @@
 //! - [`Index`] is an index directory opened for writing; [`Indexer::build`] brings it up to date
 //!   with a folder; [`Index::status`] and [`Index::verify`] inspect it.
 //! - [`ImageEmbedder`] is the seam to the model: the engine needs nothing else from it.
-//!   [`FakeEmbedder`] is a deterministic stand-in for tests.
+//!   [`FakeEmbedder`] is a deterministic stand-in for tests. A file it cannot prepare is reported
+//!   and skipped, never fatal, also when its decoder panics on it.
 //! - [`Reporter`] receives progress; binaries implement it (progress bar, JSON).
 //! - [`view`] and [`graph`] are what a reader (`cnclip-search`) needs: it opens the index without
 //!   taking sled's lock.
