@@ -150,6 +150,38 @@ fn every_image_finds_itself_first() {
         assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
         assert!(hits[1]["score"].as_f64().unwrap() <= hits[0]["score"].as_f64().unwrap());
     }
+    // Like an indexed photo, from its stored vector (no model; the path relative to the working
+    // directory): the ranking of a query with the file itself.
+    for f in &files[..3] {
+        let similar = ok(bin("cnclip-search")
+            .current_dir(&photos)
+            .arg("--index")
+            .arg(&index)
+            .args(["-k", "3", "--json", "--similar"])
+            .arg(f.file_name().unwrap())
+            .output()
+            .unwrap());
+        let by_file = search_image(&index, f, 3);
+        for (a, b) in similar.iter().zip(&by_file) {
+            assert_eq!((&a["rank"], &a["path"]), (&b["rank"], &b["path"]));
+        }
+        assert_eq!(similar.len(), 3);
+    }
+    let out = run(
+        "cnclip-search",
+        &[
+            "--index",
+            index.to_str().unwrap(),
+            "--similar",
+            "/nowhere.png",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("/nowhere.png is not in the index"),
+        "{stderr}"
+    );
+
     // A text query answers with ranked, absolute paths.
     let hits = ok(run(
         "cnclip-search",
@@ -798,6 +830,39 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
             });
         }
     });
+    // Photos like an indexed one, from its stored vector: the same answer as querying with the
+    // file itself, without running the model.
+    for f in &files[..4] {
+        let target = format!(
+            "/similar?k=3&path={}",
+            percent_encoded(f.canonicalize().unwrap().to_str().unwrap())
+        );
+        let (code, answer) = server.get(&target);
+        assert_eq!(code, 200, "{answer}");
+        let posted = server.post("/search?k=3", &std::fs::read(f).unwrap()).1;
+        // The stored vector was normalized once more when indexed: the last bit may differ.
+        for (a, b) in answer["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(posted["hits"].as_array().unwrap())
+        {
+            assert_eq!((&a["rank"], &a["path"]), (&b["rank"], &b["path"]));
+            assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-6);
+        }
+        assert_eq!(answer["hits"].as_array().unwrap().len(), 3);
+    }
+    let (code, answer) = server.get("/similar?path=/nowhere.png");
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in the index"),
+        "{answer}"
+    );
+    assert_eq!(server.get("/similar").0, 400);
+
     // `+` is a space and raw UTF-8 is accepted; k defaults to 10 (all 12 would be more).
     let (code, answer) = server.get("/search?q=小猫+在草地上");
     assert_eq!((code, answer["hits"].as_array().unwrap().len()), (200, 10));

@@ -6,11 +6,13 @@
 //!   `cnclip-search --json` prints them.
 //! - `POST /search?k=10` — an image query: the body is the image file (any format the indexer
 //!   reads, at most [`MAX_BODY`] bytes, with a `Content-Length`), decoded as the index's photos were.
+//! - `GET /similar?path=/photos/cat.jpg&k=10` — the images most like an indexed one, from the
+//!   vector the index holds for it (no model runs: milliseconds); the photo itself comes first.
 //! - `GET /status` — `{"model", "dim", "preprocess", "precision", "images", "vectors", "graph",
 //!   "exact_vectors"}`.
 //!
 //! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q`, an
-//! empty one, a bad `k`, an image that does not decode), 404 and 405 for other paths and methods,
+//! empty one, a bad `k`, an image that does not decode, a `path` not in the index), 404 and 405 for other paths and methods,
 //! 408 when a request does not arrive within [`READ_TIMEOUT`], 411 for a body without a length, 413
 //! for one over [`MAX_BODY`], 431 for headers over [`MAX_HEAD`], 500 when the index cannot be read,
 //! and 503 once the index has been rebuilt with another model than the server's (its vectors and
@@ -190,12 +192,23 @@ impl Server {
                 })?;
                 self.search(&vector, k)
             }
+            ("GET", "/similar") => {
+                let k = k_of(req)?;
+                let Some(path) = param(req, "path") else {
+                    return fail(400, "missing the photo: GET /similar?path=/ABSOLUTE/PATH");
+                };
+                self.similar(Path::new(path), k)
+            }
             ("GET", "/status") => Ok(self.status().to_string()),
             (_, "/search") => fail(405, "use GET /search?q=TEXT or POST /search with an image"),
+            (_, "/similar") => fail(405, "use GET /similar?path=PATH"),
             (_, "/status") => fail(405, "use GET /status"),
             _ => fail(
                 404,
-                format!("no such endpoint: {} (see GET /status, /search)", req.path),
+                format!(
+                    "no such endpoint: {} (see GET /status, /search, /similar)",
+                    req.path
+                ),
             ),
         }
     }
@@ -214,18 +227,26 @@ impl Server {
     }
 
     fn search(&self, vector: &[f32], k: usize) -> Result<String, Failure> {
-        /// The answer, its hits' fields in `cnclip-search --json`'s order.
-        #[derive(serde::Serialize)]
-        struct Hits {
-            hits: Vec<Hit>,
-        }
-        if let Some(why) = &*self.other_model.lock().unwrap_or_else(|e| e.into_inner()) {
-            return fail(503, why.clone());
-        }
+        self.refuse_other_model()?;
         let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
-        match searcher.search_vector(vector, k) {
-            Ok(hits) => serde_json::to_string(&Hits { hits }).or_else(|e| fail(500, e.to_string())),
-            Err(e) => fail(500, e.to_string()),
+        hits_json(searcher.search_vector(vector, k))
+    }
+
+    fn similar(&self, path: &Path, k: usize) -> Result<String, Failure> {
+        self.refuse_other_model()?;
+        let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
+        match searcher.search_similar(path, k) {
+            // Not in the index: the asker's to fix.
+            Err(e @ Error::NotIndexed { .. }) => fail(400, e.to_string()),
+            hits => hits_json(hits),
+        }
+    }
+
+    /// A 503 once the index holds another model's vectors.
+    fn refuse_other_model(&self) -> Result<(), Failure> {
+        match &*self.other_model.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => fail(503, why.clone()),
+            None => Ok(()),
         }
     }
 
@@ -290,6 +311,18 @@ impl Server {
             eprintln!("error: {why}");
             *other = Some(why);
         }
+    }
+}
+
+/// `{"hits": [...]}`, the hits' fields in `cnclip-search --json`'s order.
+fn hits_json(hits: cnclip_index::Result<Vec<Hit>>) -> Result<String, Failure> {
+    #[derive(serde::Serialize)]
+    struct Hits {
+        hits: Vec<Hit>,
+    }
+    match hits {
+        Ok(hits) => serde_json::to_string(&Hits { hits }).or_else(|e| fail(500, e.to_string())),
+        Err(e) => fail(500, e.to_string()),
     }
 }
 

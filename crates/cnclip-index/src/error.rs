@@ -107,6 +107,14 @@ pub enum Error {
         /// What was given.
         got: usize,
     },
+    /// A search by an indexed image named one the index does not hold.
+    #[error(
+        "{path} is not in the index (photos are indexed under their absolute, canonical paths)"
+    )]
+    NotIndexed {
+        /// The path asked for.
+        path: PathBuf,
+    },
 }
 
 impl Error {

@@ -11,7 +11,8 @@
 //! one beside the searcher in use (as `cnclip-search --serve` does) instead of stalling queries.
 //!
 //! Query encoding is behind [`QueryEncoder`], implemented on top of the model crate: text →
-//! tokenize → text tower, image → preprocess → vision tower. Scores are cosines of L2-normalized
+//! tokenize → text tower, image → preprocess → vision tower. [`Searcher::search_similar`] needs no
+//! encoder: it searches from the vector the index holds for one of its photos. Scores are cosines of L2-normalized
 //! vectors (the official "similarity" is `logit_scale.exp()` × this).
 //!
 //! ```
@@ -335,6 +336,27 @@ impl Searcher {
             }
         }
         Ok(hits)
+    }
+
+    /// The vector the index holds for the image at `path` (absolute, as indexed): `None` when it is
+    /// not in the index. It is the image as it was when indexed, whatever the file is now.
+    pub fn vector_of(&self, path: &Path) -> Option<Vec<f32>> {
+        use std::os::unix::ffi::OsStrExt;
+        let vid = *self.state.paths.get(path.as_os_str().as_bytes())?;
+        match self.state.delta.get(vid) {
+            Some(v) => Some(v.to_vec()),
+            None => self.graph.as_ref()?.1.vector(vid),
+        }
+    }
+
+    /// The `k` images most like the indexed image at `path`, from the vector the index holds for
+    /// it: no model runs. The image itself comes first (with any identical copies), at a cosine
+    /// of 1. [`Error::NotIndexed`] when `path` is not in the index.
+    pub fn search_similar(&self, path: &Path, k: usize) -> Result<Vec<Hit>> {
+        let v = self.vector_of(path).ok_or_else(|| Error::NotIndexed {
+            path: path.to_path_buf(),
+        })?;
+        self.search_vector(&v, k)
     }
 
     fn check_encoder<Q: QueryEncoder>(&self, encoder: &Q) -> Result<()> {

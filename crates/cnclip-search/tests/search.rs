@@ -179,6 +179,25 @@ fn a_new_graph_snapshot_is_a_reopen_and_new_batches_are_not() {
         .collect();
     build(idx.path(), photos.path(), &e, policy);
     assert!(s.needs_reopen());
+    // Stored vectors, from the delta scanned exactly and from the graph alike.
+    let (in_graph, waiting) = (&files[0], &few[0]);
+    assert_eq!(s.exact_vectors(), 3);
+    for f in [in_graph, waiting] {
+        let mut want = vector_of(&e, f);
+        cnclip_index::normalize(&mut want).unwrap();
+        let got = s.vector_of(&canon(f)).unwrap();
+        let close = got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6);
+        assert!(close, "{}", f.display());
+        let hits = s.search_similar(&canon(f), 2).unwrap();
+        assert_eq!(hits[0].path, canon(f));
+        assert!((hits[0].score - 1.0).abs() < 1e-4);
+    }
+    assert!(s.vector_of(&photos.path().join("nowhere.png")).is_none());
+    let err = s
+        .search_similar(&photos.path().join("nowhere.png"), 2)
+        .unwrap_err();
+    assert!(err.to_string().contains("is not in the index"), "{err}");
+
     assert!(s.refresh().unwrap());
     assert!(s.uses_graph() && !s.needs_reopen());
     assert_eq!((s.len(), s.exact_vectors()), (43, 0));

@@ -18,18 +18,25 @@ use clap::Parser;
 use cnclip_cli::engine::{jpeg_decode_of, read_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{print_error, stdout_ok, ComputeArgs};
 use cnclip_model::model::Towers;
-use cnclip_search::{QueryEncoder, Searcher};
+use cnclip_search::{Hit, QueryEncoder, Searcher};
 
 /// Search a Chinese-CLIP image index.
 #[derive(Parser)]
 #[command(name = "cnclip-search", version, about)]
 struct Cli {
     /// The query text, e.g. 一只小猫.
-    #[arg(required_unless_present_any = ["image", "serve"], conflicts_with_all = ["image", "serve"])]
+    #[arg(
+        required_unless_present_any = ["image", "similar", "serve"],
+        conflicts_with_all = ["image", "similar", "serve"]
+    )]
     query: Option<String>,
     /// Search by an example image instead of text.
-    #[arg(long, conflicts_with = "serve")]
+    #[arg(long, conflicts_with_all = ["similar", "serve"])]
     image: Option<PathBuf>,
+    /// Images like one already in the index, from the vector stored for it: no model loads, so
+    /// it takes what opening the index takes. The photo itself comes first.
+    #[arg(long, value_name = "PHOTO", conflicts_with = "serve")]
+    similar: Option<PathBuf>,
     /// Answer queries over HTTP on this address (alone: 127.0.0.1:7860; port 0 picks a free
     /// one) until stopped: GET /search?q=TEXT&k=N, POST /search?k=N with an image as the body,
     /// GET /status; JSON answers. No authentication: keep it on a loopback address.
@@ -73,6 +80,16 @@ fn run(cli: Cli) -> Result<()> {
         None => cnclip_index::default_index_path()
             .context("no --index given and neither CNCLIP_INDEX, XDG_DATA_HOME nor HOME is set")?,
     };
+    if let Some(photo) = &cli.similar {
+        let searcher = Searcher::open_exact(&index_dir)?;
+        for w in searcher.warnings() {
+            eprintln!("warning: {w}");
+        }
+        // Indexed under its canonical path; a photo deleted since is still found by the path
+        // given (made absolute).
+        let path = std::fs::canonicalize(photo).or_else(|_| std::path::absolute(photo))?;
+        return print_hits(&searcher.search_similar(&path, cli.k)?, cli.json);
+    }
     // The header alone names the model and its preprocessing, so the model loads while the
     // vectors are read (each is about half of a one-query run's start-up).
     let identity = cnclip_index::view::ViewReader::open(&index_dir)?
@@ -149,9 +166,13 @@ fn run(cli: Cli) -> Result<()> {
         (Some(text), None) => searcher.search_text(&engine, text, cli.k)?,
         (None, None) => bail!("give a QUERY or --image PATH"),
     };
+    print_hits(&hits, cli.json)
+}
+
+fn print_hits(hits: &[Hit], json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    for hit in &hits {
-        let r = if cli.json {
+    for hit in hits {
+        let r = if json {
             writeln!(out, "{}", serde_json::to_string(hit)?)
         } else {
             writeln!(
