@@ -12,11 +12,12 @@
 //!   "exact_vectors"}`.
 //!
 //! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q`, an
-//! empty one, a bad `k`, an image that does not decode, a `path` not in the index), 404 and 405 for other paths and methods,
-//! 408 when a request does not arrive within [`READ_TIMEOUT`], 411 for a body without a length, 413
-//! for one over [`MAX_BODY`], 431 for headers over [`MAX_HEAD`], 500 when the index cannot be read,
-//! and 503 once the index has been rebuilt with another model than the server's (its vectors and
-//! the server's queries are not comparable: restart the server).
+//! empty one, a bad `k`, an image that does not decode, a `path` not in the index), 404 and 405
+//! for other paths and methods, 408 when a request does not arrive whole within [`READ_TIMEOUT`],
+//! 411 for a body without a length, 413 for one over [`MAX_BODY`], 431 for headers over
+//! [`MAX_HEAD`], 500 when the index cannot be read, and 503 once the index has been rebuilt with
+//! another model than the server's (its vectors and the server's queries are not comparable:
+//! restart the server).
 //!
 //! The index is read as `cnclip-search` reads it, without its lock, so a build can run beside the
 //! server: every second a refresher picks up the batches it committed, and when a new graph

@@ -12,8 +12,8 @@
 //!
 //! Query encoding is behind [`QueryEncoder`], implemented on top of the model crate: text →
 //! tokenize → text tower, image → preprocess → vision tower. [`Searcher::search_similar`] needs no
-//! encoder: it searches from the vector the index holds for one of its photos. Scores are cosines of L2-normalized
-//! vectors (the official "similarity" is `logit_scale.exp()` × this).
+//! encoder: it searches from the vector the index holds for one of its photos. Scores are cosines
+//! of L2-normalized vectors (the official "similarity" is `logit_scale.exp()` × this).
 //!
 //! ```
 //! use cnclip_index::{FakeEmbedder, ImageEmbedder, Index, Indexer, Silent};
