@@ -86,10 +86,7 @@ pub fn serve(listener: TcpListener, searcher: Searcher, engine: ClipEngine) -> !
     };
     std::thread::scope(|s| {
         for _ in 0..WORKERS {
-            let listener = listener
-                .try_clone()
-                .expect("a listening socket can be cloned");
-            let server = &server;
+            let (listener, server) = (&listener, &server);
             s.spawn(move || {
                 loop {
                     match listener.accept() {
