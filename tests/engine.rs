@@ -109,6 +109,15 @@ fn search_image(index: &Path, query: &Path, k: usize) -> Vec<Value> {
         .expect("spawn"))
 }
 
+fn search_text(index: &Path, text: &str, k: usize) -> Vec<Value> {
+    ok(bin("cnclip-search")
+        .arg("--index")
+        .arg(index)
+        .args(["-k", &k.to_string(), "--json", text])
+        .output()
+        .expect("spawn"))
+}
+
 fn status(index: &Path) -> Value {
     ok(run(
         "cnclip-index",
@@ -183,17 +192,7 @@ fn every_image_finds_itself_first() {
     );
 
     // A text query answers with ranked, absolute paths.
-    let hits = ok(run(
-        "cnclip-search",
-        &[
-            "--index",
-            index.to_str().unwrap(),
-            "-k",
-            "5",
-            "--json",
-            "一只小猫",
-        ],
-    ));
+    let hits = search_text(&index, "一只小猫", 5);
     assert_eq!(hits.len(), 5);
     assert!(hits
         .iter()
@@ -796,17 +795,7 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
     // The same hits, scores and order as the one-shot CLI, for text and image queries, also when
     // eight clients ask at once.
     let text = "一只小猫在草地上";
-    let cli_text = ok(run(
-        "cnclip-search",
-        &[
-            "--index",
-            index.to_str().unwrap(),
-            "-k",
-            "5",
-            "--json",
-            text,
-        ],
-    ));
+    let cli_text = search_text(&index, text, 5);
     let cli_image: Vec<Vec<Value>> = files[..4]
         .iter()
         .map(|f| search_image(&index, f, 3))
