@@ -17,6 +17,7 @@ fn model(name: &str) -> String {
 
 fn bin(name: &str) -> Command {
     let path = match name {
+        "cnclip" => env!("CARGO_BIN_EXE_cnclip"),
         "cnclip-index" => env!("CARGO_BIN_EXE_cnclip-index"),
         _ => env!("CARGO_BIN_EXE_cnclip-search"),
     };
@@ -852,6 +853,33 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
     );
     assert_eq!(server.get("/similar").0, 400);
 
+    // Embeddings for backends that keep vectors themselves: exactly what `cnclip embed --json`
+    // prints for the same text or image, with the server's model named.
+    let embed_cli = |input: &[&str]| {
+        let m = model("vit_tiny.pt");
+        ok(bin("cnclip")
+            .args(["embed", "--json", "--model", &m])
+            .args(input)
+            .output()
+            .unwrap())
+        .remove(0)
+    };
+    let (code, answer) = server.get(&format!("/embed?text={}", percent_encoded(text)));
+    assert_eq!(code, 200, "{answer}");
+    let cli = embed_cli(&["--text", text]);
+    assert_eq!(answer["embedding"].as_array().unwrap().len(), 64);
+    for field in ["kind", "input", "embedding"] {
+        assert_eq!(answer[field], cli[field], "{field}");
+    }
+    assert_eq!(answer["model"], st["model"]);
+    let (code, answer) = server.post("/embed", &std::fs::read(&files[1]).unwrap());
+    assert_eq!(code, 200, "{answer}");
+    let cli = embed_cli(&["--image", files[1].to_str().unwrap()]);
+    assert_eq!(
+        (&answer["kind"], &answer["embedding"], &answer["input"]),
+        (&cli["kind"], &cli["embedding"], &Value::Null)
+    );
+
     // `+` is a space and raw UTF-8 is accepted; k defaults to 10 (all 12 would be more).
     let (code, answer) = server.get("/search?q=小猫+在草地上");
     assert_eq!((code, answer["hits"].as_array().unwrap().len()), (200, 10));
@@ -878,8 +906,26 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
     );
     let (code, e) = error(server.post("/search", b""));
     assert!(code == 400 && e.contains("no image"), "{code} {e}");
-    let (code, _) = server.raw("DELETE /search HTTP/1.1", b"");
-    assert_eq!(code, 405);
+    let (code, e) = error(server.get("/embed?q=a"));
+    assert!(code == 400 && e.contains("missing the text"), "{code} {e}");
+    let (code, e) = error(server.get("/embed?text=+"));
+    assert!(code == 400 && e.contains("empty"), "{code} {e}");
+    let (code, e) = error(server.post("/embed", b"GIF89a"));
+    assert!(
+        code == 400 && e.contains("cannot decode image"),
+        "{code} {e}"
+    );
+    let (code, e) = error(server.post("/embed", b""));
+    assert!(code == 400 && e.contains("no image"), "{code} {e}");
+    for target in [
+        "DELETE /search",
+        "PUT /embed",
+        "POST /similar",
+        "POST /status",
+    ] {
+        let (code, _) = server.raw(&format!("{target} HTTP/1.1"), b"");
+        assert_eq!(code, 405, "{target}");
+    }
     let (code, _) = server.get("/index.html");
     assert_eq!(code, 404);
     let big = format!(
@@ -943,4 +989,7 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
         503
     );
     assert_eq!(server.get("/status").0, 200);
+    // Embeddings need no index: still answered, with the server's model, which they name.
+    let (code, answer) = server.get("/embed?text=a");
+    assert_eq!((code, &answer["model"]), (200, &st["model"]));
 }

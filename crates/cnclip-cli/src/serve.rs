@@ -8,16 +8,20 @@
 //!   reads, at most [`MAX_BODY`] bytes, with a `Content-Length`), decoded as the index's photos were.
 //! - `GET /similar?path=/photos/cat.jpg&k=10` — the images most like an indexed one, from the
 //!   vector the index holds for it (no model runs: milliseconds); the photo itself comes first.
+//! - `GET /embed?text=一只小猫` and `POST /embed` (an image file as the body) — the query's
+//!   embedding, for backends that keep vectors themselves: `{"kind", "input", "model",
+//!   "embedding"}`, L2-normalised, equal to what `cnclip embed --json` prints for it (`input` for
+//!   texts only; `model` is the server's, as the index records it).
 //! - `GET /status` — `{"model", "dim", "preprocess", "precision", "images", "vectors", "graph",
 //!   "exact_vectors"}`.
 //!
-//! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q`, an
-//! empty one, a bad `k`, an image that does not decode, a `path` not in the index), 404 and 405
-//! for other paths and methods, 408 when a request does not arrive whole within [`READ_TIMEOUT`],
-//! 411 for a body without a length, 413 for one over [`MAX_BODY`], 431 for headers over
-//! [`MAX_HEAD`], 500 when the index cannot be read, and 503 once the index has been rebuilt with
-//! another model than the server's (its vectors and the server's queries are not comparable:
-//! restart the server).
+//! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q` or
+//! `text`, an empty one, a bad `k`, an image that does not decode, a `path` not in the index),
+//! 404 and 405 for other paths and methods, 408 when a request does not arrive whole within
+//! [`READ_TIMEOUT`], 411 for a body without a length, 413 for one over [`MAX_BODY`], 431 for
+//! headers over [`MAX_HEAD`], 500 when the index cannot be read, and 503 once the index has been
+//! rebuilt with another model than the server's (its vectors and the server's queries are not
+//! comparable: restart the server; `/embed` still answers, with the server's model).
 //!
 //! The index is read as `cnclip-search` reads it, without its lock, so a build can run beside the
 //! server: every second a refresher picks up the batches it committed, and when a new graph
@@ -36,6 +40,7 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cnclip_index::{Error, ImageEmbedder};
+use cnclip_model::model::l2_normalized;
 use cnclip_search::{Hit, QueryEncoder, Searcher};
 use serde_json::{json, Value};
 
@@ -161,34 +166,23 @@ impl Server {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/search") => {
                 let k = k_of(req)?;
-                let Some(text) = param(req, "q") else {
-                    return fail(400, "missing the query: GET /search?q=TEXT");
-                };
-                if text.trim().is_empty() {
-                    return fail(400, "the query is empty");
-                }
+                let text = text_of(req, "q", "query", "GET /search?q=TEXT")?;
                 let vector = self.encode(|| self.engine.encode_text(text).map_err(Error::Embed))?;
                 self.search(&vector, k)
             }
             ("POST", "/search") => {
                 let k = k_of(req)?;
-                if req.body.is_empty() {
-                    return fail(400, "no image: POST the image file as the body");
-                }
-                let prepared = {
-                    let _one_at_a_time = self.decoding.lock().unwrap_or_else(|e| e.into_inner());
-                    self.engine
-                        .prepare(Path::new("the posted image"), &req.body)
-                        .or_else(|e| fail(400, e))?
-                };
-                let vector = self.encode(|| {
-                    Ok(self
-                        .engine
-                        .embed(&[prepared])
-                        .map_err(Error::Embed)?
-                        .remove(0))
-                })?;
+                let vector = self.encode_posted_image(req)?;
                 self.search(&vector, k)
+            }
+            ("GET", "/embed") => {
+                let text = text_of(req, "text", "text", "GET /embed?text=TEXT")?;
+                let vector = self.encode(|| self.engine.encode_text(text).map_err(Error::Embed))?;
+                self.embedding("text", Some(text), vector)
+            }
+            ("POST", "/embed") => {
+                let vector = self.encode_posted_image(req)?;
+                self.embedding("image", None, vector)
             }
             ("GET", "/similar") => {
                 let k = k_of(req)?;
@@ -199,16 +193,60 @@ impl Server {
             }
             ("GET", "/status") => Ok(self.status().to_string()),
             (_, "/search") => fail(405, "use GET /search?q=TEXT or POST /search with an image"),
+            (_, "/embed") => fail(405, "use GET /embed?text=TEXT or POST /embed with an image"),
             (_, "/similar") => fail(405, "use GET /similar?path=PATH"),
             (_, "/status") => fail(405, "use GET /status"),
             _ => fail(
                 404,
                 format!(
-                    "no such endpoint: {} (see GET /status, /search, /similar)",
+                    "no such endpoint: {} (see GET /status, /search, /similar, /embed)",
                     req.path
                 ),
             ),
         }
+    }
+
+    /// The posted image (the body), decoded as the index's photos were and encoded.
+    fn encode_posted_image(&self, req: &Request) -> Result<Vec<f32>, Failure> {
+        if req.body.is_empty() {
+            return fail(400, "no image: POST the image file as the body");
+        }
+        let prepared = {
+            let _one_at_a_time = self.decoding.lock().unwrap_or_else(|e| e.into_inner());
+            self.engine
+                .prepare(Path::new("the posted image"), &req.body)
+                .or_else(|e| fail(400, e))?
+        };
+        self.encode(|| {
+            Ok(self
+                .engine
+                .embed(&[prepared])
+                .map_err(Error::Embed)?
+                .remove(0))
+        })
+    }
+
+    /// `{"kind", "input", "model", "embedding"}`: the line `cnclip embed --json` prints (the
+    /// vector L2-normalised as it does), with the server's model; `input` for texts only.
+    fn embedding(
+        &self,
+        kind: &str,
+        input: Option<&str>,
+        vector: Vec<f32>,
+    ) -> Result<String, Failure> {
+        let embedding = l2_normalized(vector);
+        if !embedding.iter().all(|x| x.is_finite()) {
+            return fail(500, "the model gave a vector that is not finite");
+        }
+        let mut answer = json!({
+            "kind": kind,
+            "model": ImageEmbedder::identity(&self.engine).model,
+            "embedding": embedding,
+        });
+        if let Some(input) = input {
+            answer["input"] = input.into();
+        }
+        Ok(answer.to_string())
     }
 
     fn encode(
@@ -329,6 +367,16 @@ fn param<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// The text in parameter `name`, which must be there and not blank; `what` names it in the
+/// error and `usage` says how to ask.
+fn text_of<'r>(req: &'r Request, name: &str, what: &str, usage: &str) -> Result<&'r str, Failure> {
+    match param(req, name) {
+        None => fail(400, format!("missing the {what}: {usage}")),
+        Some(text) if text.trim().is_empty() => fail(400, format!("the {what} is empty")),
+        Some(text) => Ok(text),
+    }
 }
 
 fn k_of(req: &Request) -> Result<usize, Failure> {

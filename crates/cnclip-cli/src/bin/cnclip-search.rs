@@ -6,7 +6,8 @@
 //! committed so far.
 //!
 //! `cnclip-search --serve 127.0.0.1:7860` keeps the model and the index loaded and answers text
-//! and image queries over HTTP instead (see `cnclip_cli::serve`).
+//! and image queries over HTTP instead, and gives backends the embeddings themselves (see
+//! `cnclip_cli::serve`).
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -39,7 +40,9 @@ struct Cli {
     similar: Option<PathBuf>,
     /// Answer queries over HTTP on this address (alone: 127.0.0.1:7860; port 0 picks a free
     /// one) until stopped: GET /search?q=TEXT&k=N, POST /search?k=N with an image as the body,
-    /// GET /status; JSON answers. No authentication: keep it on a loopback address.
+    /// GET /similar?path=PHOTO&k=N, GET /embed?text=TEXT and POST /embed with an image (the
+    /// embedding itself), GET /status; JSON answers. No authentication: keep it on a loopback
+    /// address.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:7860")]
     serve: Option<String>,
     /// The index directory (default: $CNCLIP_INDEX, else $XDG_DATA_HOME/cnclip/index, else
