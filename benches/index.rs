@@ -1,5 +1,6 @@
 //! Index benchmarks: HNSW query latency against an exact scan as the graph grows to 100 000
-//! 512-d vectors (where the two cross is `GRAPH_MIN_VECTORS`), graph insertion throughput at
+//! 512-d vectors (where the two cross is `GRAPH_MIN_VECTORS`), and a scan of the graph's points
+//! confined to a tenth of them (a search in some folders), graph insertion throughput at
 //! 100 000, and the whole build pipeline (walk, read, hash, decode, commit) with the fake model.
 //! Also prints recall at each size, and bytes per image on disk and in RAM.
 //!
@@ -146,6 +147,13 @@ fn queries_and_graph(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % queries.len();
                 black_box(flat.search(&queries[i], 10))
+            })
+        });
+        // A search confined to a tenth of the index (`Scope`) scores the graph's points in scope.
+        group.bench_with_input(BenchmarkId::new("graph_scan_tenth", size), &size, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                black_box(g.scan(&queries[i], 10, |vid| vid % 10 == 0))
             })
         });
     }

@@ -993,3 +993,102 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
     let (code, answer) = server.get("/embed?text=a");
     assert_eq!((code, &answer["model"]), (200, &st["model"]));
 }
+
+#[test]
+fn searches_confined_to_folders_rank_as_the_whole_index_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let alice = make_corpus(&photos.join("alice"), 6, 96);
+    make_corpus(&photos.join("alice2"), 3, 80); // beside alice, not in it
+    make_corpus(&photos.join("bob/trip"), 4, 72);
+    let index = tmp.path().join("index");
+    build(&photos, &index, "vit_tiny.pt");
+    let canon_photos = photos.canonicalize().unwrap();
+    let in_folder = |hits: &[Value], folder: &str| -> Vec<Value> {
+        let root = canon_photos.join(folder);
+        let mut kept: Vec<Value> = (hits.iter())
+            .filter(|h| Path::new(h["path"].as_str().unwrap()).starts_with(&root))
+            .cloned()
+            .collect();
+        for (i, h) in kept.iter_mut().enumerate() {
+            h["rank"] = (i + 1).into();
+        }
+        kept
+    };
+    // The CLI, from the photos' parent (a relative folder is taken as the index names it).
+    let confined = |query: &[&str], under: &[&str]| -> Vec<Value> {
+        let mut c = bin("cnclip-search");
+        c.current_dir(tmp.path())
+            .arg("--index")
+            .arg(&index)
+            .args(["-k", "100", "--json"]);
+        for u in under {
+            c.args(["--under", u]);
+        }
+        c.args(query);
+        ok(c.output().unwrap())
+    };
+    let text = "一只小猫";
+    let image = alice[2].to_str().unwrap();
+    for query in [
+        &["--", text][..],
+        &["--image", image],
+        &["--similar", image],
+    ] {
+        let all = confined(query, &[]);
+        assert_eq!(all.len(), 13);
+        let alice_only = confined(query, &["photos/alice/"]);
+        assert_eq!(alice_only, in_folder(&all, "alice"), "{query:?}");
+        assert_eq!(alice_only.len(), 6);
+        let trips = confined(query, &["photos/bob/trip", "photos/alice2"]);
+        let mut want = in_folder(&all, "bob/trip");
+        want.extend(in_folder(&all, "alice2"));
+        want.sort_by(|a, b| {
+            b["score"]
+                .as_f64()
+                .partial_cmp(&a["score"].as_f64())
+                .unwrap()
+        });
+        let paths =
+            |hits: &[Value]| -> Vec<Value> { hits.iter().map(|h| h["path"].clone()).collect() };
+        assert_eq!(paths(&trips), paths(&want), "{query:?}");
+        assert!(confined(query, &["photos/nobody"]).is_empty());
+    }
+
+    // The server's `under`, the same answers.
+    let server = Server::start(&index);
+    let alice_dir = percent_encoded(canon_photos.join("alice").to_str().unwrap());
+    let (code, answer) = server.get(&format!(
+        "/search?k=100&q={}&under={alice_dir}",
+        percent_encoded(text)
+    ));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        answer["hits"].as_array().unwrap(),
+        &confined(&["--", text], &["photos/alice"])
+    );
+    let (code, answer) = server.post(
+        &format!("/search?k=100&under={alice_dir}"),
+        &std::fs::read(image).unwrap(),
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        answer["hits"].as_array().unwrap(),
+        &confined(&["--image", image], &["photos/alice"])
+    );
+    let (code, answer) = server.get(&format!(
+        "/similar?k=100&path={}&under={alice_dir}",
+        percent_encoded(image)
+    ));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        answer["hits"].as_array().unwrap(),
+        &confined(&["--similar", image], &["photos/alice"])
+    );
+    let (code, answer) = server.get("/search?q=a&under=photos/alice");
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("absolute"),
+        "{answer}"
+    );
+}

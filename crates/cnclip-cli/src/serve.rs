@@ -3,7 +3,8 @@
 //!
 //! - `GET /search?q=一只小猫&k=10` — a text query (the `q` parameter percent-encoded UTF-8; `k`
 //!   defaults to 10): `{"hits": [{"rank", "score", "path"}, …]}`, best first, as
-//!   `cnclip-search --json` prints them.
+//!   `cnclip-search --json` prints them. `&under=/photos/alice` (absolute; may be repeated)
+//!   confines any search to the images under those folders, as `cnclip-search --under` does.
 //! - `POST /search?k=10` — an image query: the body is the image file (any format the indexer
 //!   reads, at most [`MAX_BODY`] bytes, with a `Content-Length`), decoded as the index's photos were.
 //! - `GET /similar?path=/photos/cat.jpg&k=10` — the images most like an indexed one, from the
@@ -16,12 +17,12 @@
 //!   "exact_vectors"}`.
 //!
 //! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q` or
-//! `text`, an empty one, a bad `k`, an image that does not decode, a `path` not in the index),
-//! 404 and 405 for other paths and methods, 408 when a request does not arrive whole within
-//! [`READ_TIMEOUT`], 411 for a body without a length, 413 for one over [`MAX_BODY`], 431 for
-//! headers over [`MAX_HEAD`], 500 when the index cannot be read, and 503 once the index has been
-//! rebuilt with another model than the server's (its vectors and the server's queries are not
-//! comparable: restart the server; `/embed` still answers, with the server's model).
+//! `text`, an empty one, a bad `k`, a relative `under`, an image that does not decode, a `path`
+//! not in the index), 404 and 405 for other paths and methods, 408 when a request does not arrive
+//! whole within [`READ_TIMEOUT`], 411 for a body without a length, 413 for one over [`MAX_BODY`],
+//! 431 for headers over [`MAX_HEAD`], 500 when the index cannot be read, and 503 once the index
+//! has been rebuilt with another model than the server's (its vectors and the server's queries
+//! are not comparable: restart the server; `/embed` still answers, with the server's model).
 //!
 //! The index is read as `cnclip-search` reads it, without its lock, so a build can run beside the
 //! server: every second a refresher picks up the batches it committed, and when a new graph
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use cnclip_index::{Error, ImageEmbedder};
 use cnclip_model::model::l2_normalized;
-use cnclip_search::{Hit, QueryEncoder, Searcher};
+use cnclip_search::{Hit, QueryEncoder, Scope, Searcher};
 use serde_json::{json, Value};
 
 use crate::engine::ClipEngine;
@@ -165,15 +166,15 @@ impl Server {
     fn route(&self, req: &Request) -> Result<String, Failure> {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/search") => {
-                let k = k_of(req)?;
+                let (k, scope) = (k_of(req)?, scope_of(req)?);
                 let text = text_of(req, "q", "query", "GET /search?q=TEXT")?;
                 let vector = self.encode(|| self.engine.encode_text(text).map_err(Error::Embed))?;
-                self.search(&vector, k)
+                self.search(&vector, k, &scope)
             }
             ("POST", "/search") => {
-                let k = k_of(req)?;
+                let (k, scope) = (k_of(req)?, scope_of(req)?);
                 let vector = self.encode_posted_image(req)?;
-                self.search(&vector, k)
+                self.search(&vector, k, &scope)
             }
             ("GET", "/embed") => {
                 let text = text_of(req, "text", "text", "GET /embed?text=TEXT")?;
@@ -185,11 +186,11 @@ impl Server {
                 self.embedding("image", None, vector)
             }
             ("GET", "/similar") => {
-                let k = k_of(req)?;
+                let (k, scope) = (k_of(req)?, scope_of(req)?);
                 let Some(path) = param(req, "path") else {
                     return fail(400, "missing the photo: GET /similar?path=/ABSOLUTE/PATH");
                 };
-                self.similar(Path::new(path), k)
+                self.similar(Path::new(path), k, &scope)
             }
             ("GET", "/status") => Ok(self.status().to_string()),
             (_, "/search") => fail(405, "use GET /search?q=TEXT or POST /search with an image"),
@@ -262,16 +263,16 @@ impl Server {
         })
     }
 
-    fn search(&self, vector: &[f32], k: usize) -> Result<String, Failure> {
+    fn search(&self, vector: &[f32], k: usize, scope: &Scope) -> Result<String, Failure> {
         self.refuse_other_model()?;
         let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
-        hits_json(searcher.search_vector(vector, k))
+        hits_json(searcher.search_vector_in(vector, k, scope))
     }
 
-    fn similar(&self, path: &Path, k: usize) -> Result<String, Failure> {
+    fn similar(&self, path: &Path, k: usize, scope: &Scope) -> Result<String, Failure> {
         self.refuse_other_model()?;
         let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
-        match searcher.search_similar(path, k) {
+        match searcher.search_similar_in(path, k, scope) {
             // Not in the index: the asker's to fix.
             Err(e @ Error::NotIndexed { .. }) => fail(400, e.to_string()),
             hits => hits_json(hits),
@@ -377,6 +378,24 @@ fn text_of<'r>(req: &'r Request, name: &str, what: &str, usage: &str) -> Result<
         Some(text) if text.trim().is_empty() => fail(400, format!("the {what} is empty")),
         Some(text) => Ok(text),
     }
+}
+
+/// The folders of the `under` parameters (absolute; canonicalized when they exist, as the index
+/// names files): all images when there is none.
+fn scope_of(req: &Request) -> Result<Scope, Failure> {
+    let mut under = Vec::new();
+    for (_, dir) in req.query.iter().filter(|(name, _)| name == "under") {
+        let dir = Path::new(dir);
+        if !dir.is_absolute() {
+            return fail(400, format!("under must be an absolute path, not {dir:?}"));
+        }
+        under.push(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
+    }
+    Ok(if under.is_empty() {
+        Scope::all()
+    } else {
+        Scope::under(under)
+    })
 }
 
 fn k_of(req: &Request) -> Result<usize, Failure> {

@@ -20,8 +20,9 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
-use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
+use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo, Point};
 use serde::{Deserialize, Serialize};
 
 use crate::embed::dot;
@@ -90,6 +91,24 @@ pub struct Graph {
     hnsw: Hnsw<'static, f32, CosineDist>,
     ids: HashSet<u64>,
     ef_search: usize,
+    /// The points in a list, gathered from hnsw_rs's layers when first needed (it finds points
+    /// by its own ids only) and dropped when points are inserted.
+    points: OnceLock<Points>,
+}
+
+/// hnsw_rs's points, listed.
+struct Points {
+    list: Vec<Arc<Point<'static, f32>>>,
+    by_vid: HashMap<u64, usize>,
+}
+
+impl Points {
+    fn new(list: Vec<Arc<Point<'static, f32>>>) -> Points {
+        let by_vid = (list.iter().enumerate())
+            .map(|(i, p)| (p.get_origin_id() as u64, i))
+            .collect();
+        Points { list, by_vid }
+    }
 }
 
 impl std::fmt::Debug for Graph {
@@ -113,6 +132,7 @@ impl Graph {
             ),
             ids: HashSet::new(),
             ef_search: params.ef_search,
+            points: OnceLock::new(),
         }
     }
 
@@ -121,6 +141,7 @@ impl Graph {
         let data: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (*v, *id as usize)).collect();
         self.hnsw.parallel_insert_slice(&data);
         self.ids.extend(items.iter().map(|(id, _)| *id));
+        self.points = OnceLock::new();
     }
 
     /// Number of points, tombstones included.
@@ -143,18 +164,41 @@ impl Graph {
         &self.ids
     }
 
-    /// The vector of point `vid`, as inserted. hnsw_rs finds points by its own ids only, so this
-    /// walks them, linear in the graph's size: up to 3.3 ms at 30k points of 512 values (measured
-    /// on the Zen 1 build machine), for an occasional lookup.
+    /// The points, listed on first need: a walk of hnsw_rs's layers (at 100k points, one that
+    /// also scored a tenth of them on the way took 9.3 ms).
+    fn points(&self) -> &Points {
+        (self.points)
+            .get_or_init(|| Points::new(self.hnsw.get_point_indexation().into_iter().collect()))
+    }
+
+    /// The vector of point `vid`, as inserted.
     pub fn vector(&self, vid: u64) -> Option<Vec<f32>> {
-        if !self.ids.contains(&vid) {
-            return None;
-        }
-        self.hnsw
-            .get_point_indexation()
-            .into_iter()
-            .find(|p| p.get_origin_id() as u64 == vid)
-            .map(|p| p.get_v().to_vec())
+        let points = self.points();
+        let at = *points.by_vid.get(&vid)?;
+        Some(points.list[at].get_v().to_vec())
+    }
+
+    /// The exact `k` best `(vid, cosine)` among the points for which `keep` holds, best first.
+    /// Reads every point, as an exact scan does: for searches confined to part of the index,
+    /// where the graph's neighbourhoods lead through points that do not count.
+    /// Scans of [`PARALLEL_SCAN_MIN`] points or more are split across rayon's threads.
+    pub fn scan(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: impl Fn(u64) -> bool + Sync,
+    ) -> Vec<(u64, f32)> {
+        let list = &self.points().list;
+        best_of_chunks(list.len(), k, |range| {
+            let mut top = TopK::new(k);
+            for p in &list[range] {
+                let vid = p.get_origin_id() as u64;
+                if keep(vid) {
+                    top.push(vid, dot(query, p.get_v()));
+                }
+            }
+            top.into_sorted()
+        })
     }
 
     /// Sets the search candidate list size.
@@ -273,11 +317,8 @@ pub fn load_snapshot(index: &Path, uuid: &str, dim: usize) -> Result<Option<(Man
     let loaded = catch_unwind(AssertUnwindSafe(move || load_leaked(io)))
         .map_err(|_| damaged("hnsw_rs panicked while loading it".into()))?
         .map_err(damaged)?;
-    let ids: HashSet<u64> = loaded
-        .get_point_indexation()
-        .into_iter()
-        .map(|p| p.get_origin_id() as u64)
-        .collect();
+    let list: Vec<_> = loaded.get_point_indexation().into_iter().collect();
+    let ids: HashSet<u64> = list.iter().map(|p| p.get_origin_id() as u64).collect();
     let got_dim = loaded.get_point_indexation().get_data_dimension();
     if ids.len() != m.points || (m.points > 0 && got_dim != dim) {
         return Err(damaged(format!(
@@ -290,6 +331,8 @@ pub fn load_snapshot(index: &Path, uuid: &str, dim: usize) -> Result<Option<(Man
         hnsw: loaded,
         ids,
         ef_search: DEFAULT_EF_SEARCH,
+        // Listed now: the walk that found the ids did the work.
+        points: OnceLock::from(Points::new(list)),
     };
     Ok(Some((m, graph)))
 }
@@ -457,33 +500,60 @@ impl FlatVectors {
     /// The exact `k` best `(vid, cosine)`, best first. Scans of [`PARALLEL_SCAN_MIN`] vectors
     /// or more are split across rayon's threads.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<(u64, f32)> {
-        use rayon::prelude::*;
-        const CHUNK: usize = 8192;
-        let n = self.len();
-        if n < PARALLEL_SCAN_MIN {
-            return self.scan(0..n, query, k);
-        }
-        let starts: Vec<usize> = (0..n).step_by(CHUNK).collect();
-        let parts: Vec<Vec<(u64, f32)>> = starts
-            .par_iter()
-            .map(|&s| self.scan(s..(s + CHUNK).min(n), query, k))
-            .collect();
-        let mut top = TopK::new(k);
-        for (id, score) in parts.into_iter().flatten() {
-            top.push(id, score);
-        }
-        top.into_sorted()
+        self.search_where(query, k, |_| true)
     }
 
-    fn scan(&self, range: std::ops::Range<usize>, query: &[f32], k: usize) -> Vec<(u64, f32)> {
+    /// [`FlatVectors::search`] among the vectors for which `keep` holds.
+    pub fn search_where(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: impl Fn(u64) -> bool + Sync,
+    ) -> Vec<(u64, f32)> {
+        best_of_chunks(self.len(), k, |range| self.scan(range, query, k, &keep))
+    }
+
+    fn scan(
+        &self,
+        range: std::ops::Range<usize>,
+        query: &[f32],
+        k: usize,
+        keep: &impl Fn(u64) -> bool,
+    ) -> Vec<(u64, f32)> {
         let d = self.dim.max(1);
         let mut top = TopK::new(k);
         let data = &self.data[range.start * d..range.end * d];
         for (id, v) in self.ids[range].iter().zip(data.chunks_exact(d)) {
-            top.push(*id, dot(query, v));
+            if keep(*id) {
+                top.push(*id, dot(query, v));
+            }
         }
         top.into_sorted()
     }
+}
+
+/// The `k` best `(id, score)` of `n` items that `scan` scores range by range, best first: one
+/// range below [`PARALLEL_SCAN_MIN`] items, else ranges split across rayon's threads.
+fn best_of_chunks(
+    n: usize,
+    k: usize,
+    scan: impl Fn(std::ops::Range<usize>) -> Vec<(u64, f32)> + Sync,
+) -> Vec<(u64, f32)> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 8192;
+    if n < PARALLEL_SCAN_MIN {
+        return scan(0..n);
+    }
+    let starts: Vec<usize> = (0..n).step_by(CHUNK).collect();
+    let parts: Vec<Vec<(u64, f32)>> = starts
+        .par_iter()
+        .map(|&s| scan(s..(s + CHUNK).min(n)))
+        .collect();
+    let mut top = TopK::new(k);
+    for (id, score) in parts.into_iter().flatten() {
+        top.push(id, score);
+    }
+    top.into_sorted()
 }
 
 /// Keeps the `k` largest scores seen.

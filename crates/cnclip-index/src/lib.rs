@@ -101,6 +101,7 @@ pub use index::{GraphPolicy, GraphStatus, Index, Status};
 pub use report::{BuildSummary, Committed, Phase, Reporter, Silent, Skipped};
 pub use store::Record;
 pub use verify::VerifyReport;
+pub use walk::is_under;
 
 /// Where the index lives when no `--index` is given: `$CNCLIP_INDEX`, else
 /// `$XDG_DATA_HOME/cnclip/index`, else `~/.local/share/cnclip/index`. `None` when none of these

@@ -150,8 +150,9 @@ pub(crate) fn walk(root: &Path, exclude: Option<&Path>, stop: &dyn Fn() -> bool)
     w
 }
 
-/// Whether `path` is `root` or inside it, comparing bytes component-wise.
-pub(crate) fn is_under(path: &[u8], root: &[u8]) -> bool {
+/// Whether `path` is `root` or inside it, comparing bytes component-wise (`/a` holds `/a/b`, not
+/// `/ab`); both absolute, `root` without a trailing `/`.
+pub fn is_under(path: &[u8], root: &[u8]) -> bool {
     if root.is_empty() || root == b"/" {
         return path.starts_with(b"/");
     }

@@ -15,6 +15,10 @@
 //! encoder: it searches from the vector the index holds for one of its photos. Scores are cosines
 //! of L2-normalized vectors (the official "similarity" is `logit_scale.exp()` × this).
 //!
+//! A search can be confined to some folders ([`Scope`], [`Searcher::search_vector_in`]): one
+//! user's library in a shared index, one trip. Confined searches are exact: they score every
+//! vector in scope, the graph's or not, so they cost at most what an exact scan of the index does.
+//!
 //! ```
 //! use cnclip_index::{FakeEmbedder, ImageEmbedder, Index, Indexer, Silent};
 //! use cnclip_search::Searcher;
@@ -65,6 +69,53 @@ pub struct Hit {
 
 fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&p.to_string_lossy())
+}
+
+/// Which indexed images a search may answer with: all of them, or those under some folders (a
+/// user's library on a shared NAS, one trip, one album's folder).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// `None`: everything. Else absolute paths without a trailing `/`.
+    under: Option<Vec<PathBuf>>,
+}
+
+impl Scope {
+    /// Every image in the index.
+    pub fn all() -> Scope {
+        Scope::default()
+    }
+
+    /// The images at or under any of `paths` (folders or files; absolute, as indexed: canonical
+    /// paths), compared component by component: `/photos/a` holds `/photos/a/x.jpg`, not
+    /// `/photos/ab.jpg`. No paths: no image.
+    pub fn under<P: AsRef<Path>>(paths: impl IntoIterator<Item = P>) -> Scope {
+        // Components: no trailing `/`, no `.` (`/photos/./a/` is `/photos/a`).
+        let under = (paths.into_iter())
+            .map(|p| p.as_ref().components().collect())
+            .collect();
+        Scope { under: Some(under) }
+    }
+
+    /// Whether every image is in scope.
+    pub fn is_all(&self) -> bool {
+        self.under.is_none()
+    }
+
+    /// Whether the image at `path` (as indexed) is in scope.
+    pub fn admits(&self, path: &Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.admits_bytes(path.as_os_str().as_bytes())
+    }
+
+    fn admits_bytes(&self, path: &[u8]) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        match &self.under {
+            None => true,
+            Some(roots) => {
+                (roots.iter()).any(|r| cnclip_index::is_under(path, r.as_os_str().as_bytes()))
+            }
+        }
+    }
 }
 
 /// Turns queries into vectors in the index's embedding space: the model's text and vision towers.
@@ -298,6 +349,13 @@ impl Searcher {
 
     /// The `k` images most similar to `query` (any norm; the index's dimension), best first.
     pub fn search_vector(&self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
+        self.search_vector_in(query, k, &Scope::all())
+    }
+
+    /// [`Searcher::search_vector`] among the images `scope` admits. A confined search is exact:
+    /// it scores every vector in scope (the graph's neighbourhoods lead through images that do not
+    /// count), so it costs what an exact scan of the index costs, at most.
+    pub fn search_vector_in(&self, query: &[f32], k: usize, scope: &Scope) -> Result<Vec<Hit>> {
         if query.len() != self.identity.dim {
             return Err(Error::WrongDimension {
                 expected: self.identity.dim,
@@ -310,11 +368,26 @@ impl Searcher {
                 "the query vector is zero or not finite".into(),
             ));
         }
-        let mut cands = self.state.delta.search(&q, k);
-        if let Some((_, g)) = &self.graph {
-            let live = |vid: u64| self.state.live.contains(&vid);
-            cands.extend(g.search(&q, k, &live));
-        }
+        let live = |vid: u64| self.state.live.contains(&vid);
+        let mut cands = if scope.is_all() {
+            let mut cands = self.state.delta.search(&q, k);
+            if let Some((_, g)) = &self.graph {
+                cands.extend(g.search(&q, k, &live));
+            }
+            cands
+        } else {
+            // The vectors of the images in scope: every one of them gives at least one hit.
+            let in_scope: HashSet<u64> = (self.state.paths.iter())
+                .filter(|(path, _)| scope.admits_bytes(path))
+                .map(|(_, vid)| *vid)
+                .collect();
+            let keep = |vid: u64| in_scope.contains(&vid);
+            let mut cands = self.state.delta.search_where(&q, k, keep);
+            if let Some((_, g)) = &self.graph {
+                cands.extend(g.scan(&q, k, |vid| keep(vid) && live(vid)));
+            }
+            cands
+        };
         cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         cands.dedup_by_key(|c| c.0);
         let mut hits = Vec::with_capacity(k);
@@ -322,7 +395,7 @@ impl Searcher {
             let Some(paths) = self.state.by_vid.get(&vid) else {
                 continue;
             };
-            let mut paths = paths.clone();
+            let mut paths: Vec<&Vec<u8>> = paths.iter().filter(|p| scope.admits_bytes(p)).collect();
             paths.sort();
             for p in paths {
                 if hits.len() == k {
@@ -331,7 +404,7 @@ impl Searcher {
                 hits.push(Hit {
                     rank: hits.len() + 1,
                     score: score.clamp(-1.0, 1.0),
-                    path: PathBuf::from(OsString::from_vec(p)),
+                    path: PathBuf::from(OsString::from_vec(p.clone())),
                 });
             }
         }
@@ -353,10 +426,16 @@ impl Searcher {
     /// it: no model runs. The image itself comes first (with any identical copies), at a cosine
     /// of 1. [`Error::NotIndexed`] when `path` is not in the index.
     pub fn search_similar(&self, path: &Path, k: usize) -> Result<Vec<Hit>> {
+        self.search_similar_in(path, k, &Scope::all())
+    }
+
+    /// [`Searcher::search_similar`] among the images `scope` admits (the photo itself only if it
+    /// is in scope).
+    pub fn search_similar_in(&self, path: &Path, k: usize, scope: &Scope) -> Result<Vec<Hit>> {
         let v = self.vector_of(path).ok_or_else(|| Error::NotIndexed {
             path: path.to_path_buf(),
         })?;
-        self.search_vector(&v, k)
+        self.search_vector_in(&v, k, scope)
     }
 
     fn check_encoder<Q: QueryEncoder>(&self, encoder: &Q) -> Result<()> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cnclip_index::{
     EmbedError, FakeEmbedder, GraphPolicy, ImageEmbedder, Index, Indexer, ModelIdentity, Silent,
 };
-use cnclip_search::{Error, QueryEncoder, Searcher};
+use cnclip_search::{Error, QueryEncoder, Scope, Searcher};
 use common::{canon, png};
 
 fn vector_of(e: &FakeEmbedder, p: &Path) -> Vec<f32> {
@@ -105,6 +105,97 @@ fn each_image_finds_itself_exact_and_through_the_graph() {
     );
     let ranks: Vec<usize> = all.iter().map(|h| h.rank).collect();
     assert_eq!(ranks, (1..=70).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_search_confined_to_folders_is_the_full_ranking_filtered() {
+    let photos = tempfile::tempdir().unwrap();
+    let folder = |i: u64| match i % 5 {
+        0 | 1 => "a",
+        2 => "a/b",
+        3 => "ab", // beside `a`, not in it
+        _ => "c",
+    };
+    let files: Vec<PathBuf> = (0..60)
+        .map(|i| png(photos.path(), &format!("{}/p{i}.png", folder(i)), i))
+        .collect();
+    // One picture in two folders: one vector, a path in each.
+    fs::copy(&files[4], photos.path().join("a/copy-of-c.png")).unwrap();
+    let e = FakeEmbedder::new(16);
+    let exact_idx = tempfile::tempdir().unwrap();
+    build(exact_idx.path(), photos.path(), &e, GraphPolicy::default());
+    // Through a graph, with vectors added since its snapshot and a file removed since.
+    let graph_idx = tempfile::tempdir().unwrap();
+    let policy = GraphPolicy {
+        min_vectors: 20,
+        max_pending: 100,
+        ..GraphPolicy::default()
+    };
+    build(graph_idx.path(), photos.path(), &e, policy);
+    let later: Vec<PathBuf> = (60..70)
+        .map(|i| png(photos.path(), &format!("{}/p{i}.png", folder(i)), i))
+        .collect();
+    fs::remove_file(&files[5]).unwrap();
+    build(exact_idx.path(), photos.path(), &e, GraphPolicy::default());
+    build(graph_idx.path(), photos.path(), &e, policy);
+    let exact = Searcher::open(exact_idx.path()).unwrap();
+    let graph = Searcher::open(graph_idx.path()).unwrap();
+    assert!(!exact.uses_graph());
+    assert!(graph.uses_graph() && graph.exact_vectors() == 10);
+    assert_eq!((exact.len(), graph.len()), (70, 70));
+
+    let root = canon(photos.path());
+    let scopes = [
+        Scope::under([root.join("a")]),
+        Scope::under([root.join("a/b/")]),
+        Scope::under([root.join("ab")]),
+        Scope::under([root.join("./c"), root.join("a/b")]),
+        Scope::under([root.join("c/p9.png")]),
+        Scope::under([root.join("nowhere")]),
+        Scope::under(Vec::<PathBuf>::new()),
+        Scope::under([&root]),
+    ];
+    let expected_sizes = [42, 14, 14, 28, 1, 0, 0, 70];
+    for (scope, size) in scopes.iter().zip(expected_sizes) {
+        for query in [&files[0], &files[4], &files[13], &later[1]] {
+            let q = vector_of(&e, query);
+            let everything = exact.search_vector(&q, 1000).unwrap();
+            let admitted: Vec<_> = everything
+                .iter()
+                .filter(|h| scope.admits(&h.path))
+                .collect();
+            assert_eq!(admitted.len(), size, "{scope:?}");
+            for k in [1, 5, 100] {
+                let want: Vec<(&Path, f32)> = admitted
+                    .iter()
+                    .take(k)
+                    .map(|h| (h.path.as_path(), h.score))
+                    .collect();
+                for s in [&exact, &graph] {
+                    let hits = s.search_vector_in(&q, k, scope).unwrap();
+                    let got: Vec<(&Path, f32)> =
+                        hits.iter().map(|h| (h.path.as_path(), h.score)).collect();
+                    assert_eq!(got, want, "{scope:?} k {k} graph {}", s.uses_graph());
+                    let ranks: Vec<usize> = hits.iter().map(|h| h.rank).collect();
+                    assert_eq!(ranks, (1..=got.len()).collect::<Vec<_>>());
+                }
+            }
+        }
+    }
+    // The copy in `a` is found under `a`, and its original under `c`, with one score.
+    let q = vector_of(&e, &files[4]);
+    let in_a = graph.search_vector_in(&q, 1, &scopes[0]).unwrap();
+    let in_c = graph
+        .search_vector_in(&q, 1, &Scope::under([root.join("c")]))
+        .unwrap();
+    assert_eq!(in_a[0].path, root.join("a/copy-of-c.png"));
+    assert_eq!(in_c[0].path, canon(&files[4]));
+    assert_eq!(in_a[0].score, in_c[0].score);
+    // The whole index as scope: the same as no scope.
+    assert_eq!(
+        exact.search_vector_in(&q, 7, &Scope::all()).unwrap(),
+        exact.search_vector(&q, 7).unwrap()
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@ use clap::Parser;
 use cnclip_cli::engine::{jpeg_decode_of, read_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{print_error, stdout_ok, ComputeArgs};
 use cnclip_model::model::Towers;
-use cnclip_search::{Hit, QueryEncoder, Searcher};
+use cnclip_search::{Hit, QueryEncoder, Scope, Searcher};
 
 /// Search a Chinese-CLIP image index.
 #[derive(Parser)]
@@ -49,6 +49,10 @@ struct Cli {
     /// ~/.local/share/cnclip/index).
     #[arg(long)]
     index: Option<PathBuf>,
+    /// Only images under this folder (or this file); may be given several times. Such searches
+    /// are exact.
+    #[arg(long, value_name = "DIR", conflicts_with = "serve")]
+    under: Vec<PathBuf>,
     /// How many results.
     #[arg(short, default_value_t = 10)]
     k: usize,
@@ -83,15 +87,23 @@ fn run(cli: Cli) -> Result<()> {
         None => cnclip_index::default_index_path()
             .context("no --index given and neither CNCLIP_INDEX, XDG_DATA_HOME nor HOME is set")?,
     };
+    let scope = if cli.under.is_empty() {
+        Scope::all()
+    } else {
+        Scope::under(
+            cli.under
+                .iter()
+                .map(|p| as_indexed(p))
+                .collect::<Result<Vec<_>>>()?,
+        )
+    };
     if let Some(photo) = &cli.similar {
         let searcher = Searcher::open_exact(&index_dir)?;
         for w in searcher.warnings() {
             eprintln!("warning: {w}");
         }
-        // Indexed under its canonical path; a photo deleted since is still found by the path
-        // given (made absolute).
-        let path = std::fs::canonicalize(photo).or_else(|_| std::path::absolute(photo))?;
-        return print_hits(&searcher.search_similar(&path, cli.k)?, cli.json);
+        let hits = searcher.search_similar_in(&as_indexed(photo)?, cli.k, &scope)?;
+        return print_hits(&hits, cli.json);
     }
     // The header alone names the model and its preprocessing, so the model loads while the
     // vectors are read (each is about half of a one-query run's start-up).
@@ -164,12 +176,19 @@ fn run(cli: Cli) -> Result<()> {
         ))?;
         cnclip_cli::serve::serve(listener, searcher, engine);
     }
-    let hits = match (&cli.query, &cli.image) {
-        (_, Some(path)) => searcher.search_image(&engine, path, cli.k)?,
-        (Some(text), None) => searcher.search_text(&engine, text, cli.k)?,
+    let query = match (&cli.query, &cli.image) {
+        (_, Some(path)) => engine.encode_image(path),
+        (Some(text), None) => engine.encode_text(text),
         (None, None) => bail!("give a QUERY or --image PATH"),
     };
-    print_hits(&hits, cli.json)
+    let query = query.map_err(cnclip_index::Error::Embed)?;
+    print_hits(&searcher.search_vector_in(&query, cli.k, &scope)?, cli.json)
+}
+
+/// `path` as the index names files: canonical, or made absolute when it does not exist (a photo
+/// deleted since is still found by the path given).
+fn as_indexed(path: &std::path::Path) -> Result<PathBuf> {
+    Ok(std::fs::canonicalize(path).or_else(|_| std::path::absolute(path))?)
 }
 
 fn print_hits(hits: &[Hit], json: bool) -> Result<()> {
