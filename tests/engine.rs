@@ -1092,3 +1092,85 @@ fn searches_confined_to_folders_rank_as_the_whole_index_does() {
         "{answer}"
     );
 }
+
+#[test]
+fn a_forgotten_folder_leaves_the_index_and_its_searches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    make_corpus(&photos.join("kept"), 5, 96);
+    let moved = make_corpus(&photos.join("moved"), 4, 80);
+    let index = tmp.path().join("index");
+    build(&photos, &index, "vit_tiny.pt");
+    let forget = |path: &str| -> Value {
+        ok(bin("cnclip-index")
+            .current_dir(tmp.path())
+            .args(["forget", path, "--json", "--index"])
+            .arg(&index)
+            .output()
+            .unwrap())
+        .remove(0)
+    };
+    // The library moved away: its folder no longer exists, so no build can remove it.
+    let moved_to = tmp.path().join("elsewhere");
+    std::fs::rename(photos.join("moved"), &moved_to).unwrap();
+    let stale = search_image(&index, &moved_to.join("img0001.png"), 1);
+    assert!(stale[0]["path"]
+        .as_str()
+        .unwrap()
+        .contains("/photos/moved/"));
+    let server = Server::start(&index);
+    assert_eq!(server.get("/status").1["images"], 9);
+    // Named relative to the working directory and with a trailing slash, as a person would.
+    assert_eq!(
+        forget("photos/moved/"),
+        serde_json::json!({"removed": 4, "total": 5})
+    );
+    // A server beside it drops them.
+    let started = Instant::now();
+    while server.get("/status").1["images"] != 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server kept them"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, answer) = server.get("/search?q=a&k=100");
+    assert_eq!(answer["hits"].as_array().unwrap().len(), 5);
+    assert_eq!(status(&index)["images"], 5);
+    verify_ok(&index);
+    for f in &moved {
+        let moved_file = moved_to.join(f.file_name().unwrap());
+        for hit in search_image(&index, &moved_file, 10) {
+            assert!(
+                hit["path"].as_str().unwrap().contains("/photos/kept/"),
+                "{hit}"
+            );
+        }
+    }
+    assert_eq!(
+        forget("photos/moved"),
+        serde_json::json!({"removed": 0, "total": 5})
+    );
+    let out = run(
+        "cnclip-index",
+        &["forget", "/nowhere", "--index", index.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.starts_with("nothing indexed under /nowhere: 5 images"),
+        "{said}"
+    );
+    // Not an index: said, and nothing is created.
+    let out = run(
+        "cnclip-index",
+        &[
+            "forget",
+            "/x",
+            "--index",
+            tmp.path().join("none").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(!tmp.path().join("none").exists());
+}

@@ -159,6 +159,12 @@ pub fn stdout_ok(r: std::io::Result<()>) -> Result<()> {
     }
 }
 
+/// `path` as the index names files: canonical while it exists, else made absolute as given (a
+/// photo or folder deleted since is still found by the path given).
+pub fn as_indexed(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    Ok(std::fs::canonicalize(path).or_else(|_| std::path::absolute(path))?)
+}
+
 /// Prints `error: …` with the whole cause chain and returns the failure exit code.
 pub fn print_error(err: &anyhow::Error) -> ExitCode {
     eprintln!("error: {err:#}");

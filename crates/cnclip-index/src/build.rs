@@ -388,14 +388,7 @@ impl<'a> Indexer<'a> {
                 gone.push(path);
             }
         }
-        for chunk in gone.chunks(1024) {
-            let mut txn = self.index.txn();
-            for p in chunk {
-                txn.remove_record(p)?;
-            }
-            let pending = txn.finish()?;
-            self.index.commit(pending)?;
-        }
+        self.index.remove_records(&gone)?;
         Ok(gone.len())
     }
 }

@@ -221,6 +221,42 @@ impl Index {
         })
     }
 
+    /// Removes every image at or under `path` (absolute, as indexed: a folder or one file; it need
+    /// not exist any more — a library moved elsewhere, a drive retired), and the vectors no other
+    /// image shares, then brings the graph up to date. Returns how many images were removed.
+    /// Removals are committed in batches, durably, as a build's are: a kill loses none that was
+    /// committed, and running it again finishes the job. A later build of a folder holding
+    /// `path` indexes what is still there again.
+    pub fn forget(&mut self, path: &Path, reporter: &dyn Reporter) -> Result<usize> {
+        // Components: no trailing `/`, no `.`.
+        let root: PathBuf = path.components().collect();
+        let root = root.as_os_str().as_bytes();
+        let mut gone = Vec::new();
+        for r in self.store.records(root) {
+            let (p, _) = r?;
+            if crate::walk::is_under(&p, root) {
+                gone.push(p);
+            }
+        }
+        self.remove_records(&gone)?;
+        self.maybe_compact_view()?;
+        self.sync_graph(reporter)?;
+        Ok(gone.len())
+    }
+
+    /// Removes these records (and vectors left without one), committed 1 024 at a time.
+    pub(crate) fn remove_records(&mut self, paths: &[Vec<u8>]) -> Result<()> {
+        for chunk in paths.chunks(1024) {
+            let mut txn = self.txn();
+            for p in chunk {
+                txn.remove_record(p)?;
+            }
+            let pending = txn.finish()?;
+            self.commit(pending)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn txn(&self) -> Txn<'_> {
         self.store.txn()
     }

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! - [`Index`] is an index directory opened for writing; [`Indexer::build`] brings it up to date
-//!   with a folder; [`Index::status`] and [`Index::verify`] inspect it.
+//!   with a folder; [`Index::forget`] removes a folder that no build can reach any more;
+//!   [`Index::status`] and [`Index::verify`] inspect it.
 //! - [`ImageEmbedder`] is the seam to the model: the engine needs nothing else from it.
 //!   [`FakeEmbedder`] is a deterministic stand-in for tests. A file it cannot prepare is reported
 //!   and skipped, never fatal, also when its decoder panics on it.

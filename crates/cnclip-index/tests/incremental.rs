@@ -7,7 +7,9 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use cnclip_index::{BuildSummary, Error, FakeEmbedder, ImageEmbedder, Index, Indexer, Silent};
+use cnclip_index::{
+    BuildSummary, Error, FakeEmbedder, GraphPolicy, ImageEmbedder, Index, Indexer, Silent,
+};
 use common::{canon, png};
 
 fn build(index: &mut Index, dir: &Path, e: &FakeEmbedder) -> BuildSummary {
@@ -157,6 +159,54 @@ fn only_the_built_folder_is_pruned() {
     fs::remove_file(p.join("one-more/c.png")).unwrap();
     let s = build(&mut index, &p.join("one"), &e);
     assert_eq!((s.removed, s.total), (0, 3));
+}
+
+#[test]
+fn a_forgotten_folder_is_removed_whether_or_not_it_still_exists() {
+    let photos = tempfile::tempdir().unwrap();
+    let idx = tempfile::tempdir().unwrap();
+    let p = photos.path();
+    for i in 0..6 {
+        png(p, &format!("old/{i}.png"), i);
+        png(p, &format!("old-too/{i}.png"), 100 + i);
+    }
+    png(p, "kept/a.png", 200);
+    // One picture under both: its vector stays for the copy that is kept.
+    fs::copy(p.join("old/0.png"), p.join("kept/copy.png")).unwrap();
+    let e = FakeEmbedder::new(16);
+    let mut index = Index::create(idx.path(), &e.identity()).unwrap();
+    // Through a graph, so that forgetting also updates it.
+    index.set_graph_policy(GraphPolicy {
+        min_vectors: 8,
+        ..GraphPolicy::default()
+    });
+    build(&mut index, p, &e);
+    assert_eq!(index.status().unwrap().images, 14);
+    let vectors = index.status().unwrap().vectors;
+
+    // The library moved away: its folder is gone, its records are not (no build can reach them).
+    let root = canon(p);
+    fs::remove_dir_all(p.join("old")).unwrap();
+    let forgotten = index.forget(&root.join("old/"), &Silent).unwrap();
+    assert_eq!(forgotten, 6);
+    let v = index.verify().unwrap();
+    assert!(v.is_ok(), "verify: {:?}", v.problems);
+    let st = index.status().unwrap();
+    // `old-too` is beside `old`, not in it; the shared picture keeps its vector.
+    assert_eq!((st.images, st.vectors), (8, vectors - 5));
+    assert!(index.record(&root.join("kept/copy.png")).unwrap().is_some());
+    let graph = st.graph.unwrap();
+    assert_eq!((graph.live as u64, st.pending_changes), (vectors - 5, 0));
+    // Again: nothing left to forget. A folder that still exists, and one file.
+    assert_eq!(index.forget(&root.join("old"), &Silent).unwrap(), 0);
+    assert_eq!(index.forget(&root.join("kept/a.png"), &Silent).unwrap(), 1);
+    assert_eq!(index.forget(&root.join("old-too"), &Silent).unwrap(), 6);
+    assert_eq!(index.status().unwrap().images, 1);
+    let v = index.verify().unwrap();
+    assert!(v.is_ok(), "verify: {:?}", v.problems);
+    // A build of the folder brings back what is still there.
+    let s = build(&mut index, p, &e);
+    assert_eq!((s.indexed, s.total), (7, 8));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use cnclip_cli::engine::{read_model_record, write_model_record, ClipEngine, EngineOptions};
-use cnclip_cli::{print_error, stdout_ok, ComputeArgs};
+use cnclip_cli::{as_indexed, print_error, stdout_ok, ComputeArgs};
 use cnclip_index::{
     BuildOptions, Committed, ImageEmbedder, Index, Indexer, Phase, Reporter, Skipped,
 };
@@ -60,6 +60,17 @@ enum Command {
         /// No progress bar and no list of skipped files.
         #[arg(short, long)]
         quiet: bool,
+    },
+    /// Removes every image at or under PATH from the index, whether PATH still exists or not (a
+    /// library moved elsewhere, a drive retired). With --json one line {"removed", "total"}.
+    Forget {
+        /// The folder (or file) to forget, as it was indexed.
+        path: PathBuf,
+        #[command(flatten)]
+        index: IndexArg,
+        /// Print the result as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// What the index holds: {"images", "model", "dim", ...}.
     Status {
@@ -134,6 +145,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             quiet,
         ),
+        Command::Forget { path, index, json } => forget(&path, &index.path()?, json),
         Command::Status { index, json } => status(&index.path()?, json),
         Command::Verify { index, json } => verify(&index.path()?, json),
     }
@@ -200,6 +212,36 @@ fn build(
             summary.removed,
             summary.skipped.len(),
             summary.total,
+            index_dir.display()
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn forget(path: &Path, index_dir: &Path, json: bool) -> Result<ExitCode> {
+    let path = as_indexed(path)?;
+    let mut index = Index::open(index_dir)?;
+    let removed = index.forget(&path, &cnclip_index::Silent)?;
+    let total = index.status()?.images;
+    let mut out = std::io::stdout().lock();
+    if json {
+        stdout_ok(writeln!(
+            out,
+            "{}",
+            json!({"removed": removed, "total": total})
+        ))?;
+    } else if removed == 0 {
+        stdout_ok(writeln!(
+            out,
+            "nothing indexed under {}: {total} images in {}",
+            path.display(),
+            index_dir.display()
+        ))?;
+    } else {
+        stdout_ok(writeln!(
+            out,
+            "removed {removed} under {}: {total} images in {}",
+            path.display(),
             index_dir.display()
         ))?;
     }

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cnclip_cli::engine::{jpeg_decode_of, read_model_record, ClipEngine, EngineOptions};
-use cnclip_cli::{print_error, stdout_ok, ComputeArgs};
+use cnclip_cli::{as_indexed, print_error, stdout_ok, ComputeArgs};
 use cnclip_model::model::Towers;
 use cnclip_search::{Hit, QueryEncoder, Scope, Searcher};
 
@@ -183,12 +183,6 @@ fn run(cli: Cli) -> Result<()> {
     };
     let query = query.map_err(cnclip_index::Error::Embed)?;
     print_hits(&searcher.search_vector_in(&query, cli.k, &scope)?, cli.json)
-}
-
-/// `path` as the index names files: canonical, or made absolute when it does not exist (a photo
-/// deleted since is still found by the path given).
-fn as_indexed(path: &std::path::Path) -> Result<PathBuf> {
-    Ok(std::fs::canonicalize(path).or_else(|_| std::path::absolute(path))?)
 }
 
 fn print_hits(hits: &[Hit], json: bool) -> Result<()> {
