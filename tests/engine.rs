@@ -1174,3 +1174,49 @@ fn a_forgotten_folder_leaves_the_index_and_its_searches() {
     assert!(!out.status.success());
     assert!(!tmp.path().join("none").exists());
 }
+
+#[test]
+fn one_build_indexes_several_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = make_corpus(&tmp.path().join("home"), 3, 96);
+    let nas = make_corpus(&tmp.path().join("nas/photos"), 4, 80);
+    make_corpus(&tmp.path().join("nas/photos/sub"), 2, 72);
+    let index = tmp.path().join("index");
+    let m = model("vit_tiny.pt");
+    let build_dirs = |dirs: &[&str]| -> Output {
+        bin("cnclip-index")
+            .current_dir(tmp.path())
+            .arg("build")
+            .args(dirs)
+            .args(["--json", "--model", &m, "--index"])
+            .arg(&index)
+            .output()
+            .unwrap()
+    };
+    let s = ok(build_dirs(&["home", "nas/photos"])).remove(0);
+    assert_eq!((&s["indexed"], &s["total"]), (&9.into(), &9.into()), "{s}");
+    verify_ok(&index);
+    // Folders inside another one given, or given twice, are walked once.
+    std::fs::remove_file(&nas[0]).unwrap();
+    let s = ok(build_dirs(&[
+        "nas/photos/sub",
+        "home",
+        "nas/photos",
+        "home/",
+    ]))
+    .remove(0);
+    assert_eq!(
+        (&s["indexed"], &s["unchanged"], &s["removed"], &s["total"]),
+        (&0.into(), &8.into(), &1.into(), &8.into()),
+        "{s}"
+    );
+    assert!(search_image(&index, &home[0], 1)[0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("home/img0000.png"));
+    // A folder that is not one is said before anything is touched.
+    let out = build_dirs(&["home", "nowhere"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere: not a directory"));
+    assert_eq!(status(&index)["images"], 8);
+}

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use cnclip_cli::engine::{read_model_record, write_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{as_indexed, print_error, stdout_ok, ComputeArgs};
 use cnclip_index::{
-    BuildOptions, Committed, ImageEmbedder, Index, Indexer, Phase, Reporter, Skipped,
+    BuildOptions, BuildSummary, Committed, ImageEmbedder, Index, Indexer, Phase, Reporter, Skipped,
 };
 use cnclip_model::model::Towers;
 use cnclip_model::preprocess::JpegDecode;
@@ -31,13 +31,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Index the images under DIR (incremental: only new, changed, moved and deleted files cost
-    /// work). Prints a summary; with --json one line
+    /// Index the images under each DIR (incremental: only new, changed, moved and deleted files
+    /// cost work). Prints a summary; with --json one line
     /// {"indexed", "unchanged", "removed", "total", "skipped": [{"path", "reason"}]}.
     /// Exits 0 when the run completed, even if some files were skipped.
     Build {
-        /// The folder of images.
-        dir: PathBuf,
+        /// The folders of images (one index can hold several: ~/Photos /mnt/nas/photos).
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
         #[command(flatten)]
         index: IndexArg,
         /// Zoo name (ViT-B-16, ViT-L-14, ViT-L-14-336, ViT-H-14, RN50) or checkpoint path.
@@ -119,7 +120,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build {
-            dir,
+            dirs,
             index,
             model,
             compute: ComputeArgs { precision, device },
@@ -128,7 +129,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             quiet,
         } => build(
-            &dir,
+            &dirs,
             &index.path()?,
             model,
             EngineOptions {
@@ -152,16 +153,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn build(
-    dir: &Path,
+    dirs: &[PathBuf],
     index_dir: &Path,
     model: Option<String>,
     engine_options: EngineOptions,
     json: bool,
     quiet: bool,
 ) -> Result<ExitCode> {
-    if !dir.is_dir() {
-        bail!("{}: not a directory", dir.display());
-    }
+    // Every folder is checked before anything loads; each is canonical from here on.
+    let dirs = (dirs.iter())
+        .map(|dir| {
+            if !dir.is_dir() {
+                bail!("{}: not a directory", dir.display());
+            }
+            std::fs::canonicalize(dir).with_context(|| format!("{}: cannot open", dir.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // A folder inside another one given (or given twice) is walked with that one.
+    let dirs: Vec<&PathBuf> = (dirs.iter().enumerate())
+        .filter(|&(i, d)| {
+            !(dirs.iter().enumerate()).any(|(j, o)| j != i && d.starts_with(o) && (d != o || j < i))
+        })
+        .map(|(_, d)| d)
+        .collect();
     let model = match model {
         Some(m) => m,
         None => read_model_record(index_dir)?.map_or_else(|| "ViT-B-16".to_owned(), |r| r.model),
@@ -183,16 +197,27 @@ fn build(
     }
     let mut index = Index::open_or_create(index_dir, &identity)?;
     write_model_record(index_dir, &model)?;
-    let dir =
-        std::fs::canonicalize(dir).with_context(|| format!("{}: cannot open", dir.display()))?;
     let reporter = Progress::new(
         !json && !quiet && std::io::stderr().is_terminal(),
         quiet || json,
     );
-    let summary = Indexer::new(&mut index)
-        .with_options(BuildOptions::default())
-        .build(&dir, &engine, &reporter)?;
-    reporter.finish();
+    let mut summary = BuildSummary::default();
+    for (i, dir) in dirs.iter().enumerate() {
+        let options = BuildOptions {
+            // The graph once, after the last folder.
+            update_graph: i + 1 == dirs.len(),
+            ..BuildOptions::default()
+        };
+        let s = Indexer::new(&mut index)
+            .with_options(options)
+            .build(dir, &engine, &reporter)?;
+        reporter.finish();
+        summary.indexed += s.indexed;
+        summary.unchanged += s.unchanged;
+        summary.removed += s.removed;
+        summary.skipped.extend(s.skipped);
+        summary.total = s.total;
+    }
     let mut out = std::io::stdout().lock();
     if json {
         let line = json!({
