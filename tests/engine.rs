@@ -1085,6 +1085,23 @@ fn searches_confined_to_folders_rank_as_the_whole_index_does() {
         answer["hits"].as_array().unwrap(),
         &confined(&["--similar", image], &["photos/alice"])
     );
+    // Queries that cannot be answered as given are refused, as the server refuses them.
+    for (args, said) in [
+        (&["--", " "][..], "the query is empty"),
+        (&["-k", "0", "猫"], "invalid value '0'"),
+    ] {
+        let out = bin("cnclip-search")
+            .arg("--index")
+            .arg(&index)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(said),
+            "{args:?}: {stderr}"
+        );
+    }
     let (code, answer) = server.get("/search?q=a&under=photos/alice");
     assert_eq!(code, 400);
     assert!(

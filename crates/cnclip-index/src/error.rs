@@ -107,6 +107,9 @@ pub enum Error {
         /// What was given.
         got: usize,
     },
+    /// A text query with nothing in it but white space.
+    #[error("the query is empty")]
+    EmptyQuery,
     /// A search by an indexed image named one the index does not hold.
     #[error(
         "{path} is not in the index (photos are indexed under their absolute, canonical paths)"

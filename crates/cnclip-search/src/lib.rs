@@ -451,16 +451,31 @@ impl Searcher {
         }
     }
 
-    /// The `k` images that best match a text query.
+    /// The `k` images that best match a text query; [`Error::EmptyQuery`] for one that is only
+    /// white space (the model would encode it, and every answer would be noise).
     pub fn search_text<Q: QueryEncoder>(
         &self,
         encoder: &Q,
         text: &str,
         k: usize,
     ) -> Result<Vec<Hit>> {
+        self.search_text_in(encoder, text, k, &Scope::all())
+    }
+
+    /// [`Searcher::search_text`] among the images `scope` admits.
+    pub fn search_text_in<Q: QueryEncoder>(
+        &self,
+        encoder: &Q,
+        text: &str,
+        k: usize,
+        scope: &Scope,
+    ) -> Result<Vec<Hit>> {
         self.check_encoder(encoder)?;
+        if text.trim().is_empty() {
+            return Err(Error::EmptyQuery);
+        }
         let v = encoder.encode_text(text).map_err(Error::Embed)?;
-        self.search_vector(&v, k)
+        self.search_vector_in(&v, k, scope)
     }
 
     /// The `k` images most similar to the image at `path`.
@@ -470,8 +485,19 @@ impl Searcher {
         path: &Path,
         k: usize,
     ) -> Result<Vec<Hit>> {
+        self.search_image_in(encoder, path, k, &Scope::all())
+    }
+
+    /// [`Searcher::search_image`] among the images `scope` admits.
+    pub fn search_image_in<Q: QueryEncoder>(
+        &self,
+        encoder: &Q,
+        path: &Path,
+        k: usize,
+        scope: &Scope,
+    ) -> Result<Vec<Hit>> {
         self.check_encoder(encoder)?;
         let v = encoder.encode_image(path).map_err(Error::Embed)?;
-        self.search_vector(&v, k)
+        self.search_vector_in(&v, k, scope)
     }
 }

@@ -362,6 +362,12 @@ fn queries_are_checked() {
         canon(&a)
     );
     assert_eq!(s.search_image(&enc, &a, 1).unwrap()[0].path, canon(&a));
+    for blank in ["", " \t\n", "\u{3000}"] {
+        assert!(matches!(
+            s.search_text(&enc, blank, 1),
+            Err(Error::EmptyQuery)
+        ));
+    }
     let other = Encoder(FakeEmbedder::new(16).with_model("RN50"), a.clone());
     let err = s.search_text(&other, "一只小猫", 1).unwrap_err();
     assert!(err.to_string().contains("--model fake"), "{err}");

@@ -54,8 +54,8 @@ struct Cli {
     #[arg(long, value_name = "DIR", conflicts_with = "serve")]
     under: Vec<PathBuf>,
     /// How many results.
-    #[arg(short, default_value_t = 10)]
-    k: usize,
+    #[arg(short, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    k: u32,
     /// One line per hit: {"rank", "score" (cosine), "path" (absolute)}.
     #[arg(long)]
     json: bool,
@@ -87,6 +87,7 @@ fn run(cli: Cli) -> Result<()> {
         None => cnclip_index::default_index_path()
             .context("no --index given and neither CNCLIP_INDEX, XDG_DATA_HOME nor HOME is set")?,
     };
+    let k = cli.k as usize;
     let scope = if cli.under.is_empty() {
         Scope::all()
     } else {
@@ -102,7 +103,7 @@ fn run(cli: Cli) -> Result<()> {
         for w in searcher.warnings() {
             eprintln!("warning: {w}");
         }
-        let hits = searcher.search_similar_in(&as_indexed(photo)?, cli.k, &scope)?;
+        let hits = searcher.search_similar_in(&as_indexed(photo)?, k, &scope)?;
         return print_hits(&hits, cli.json);
     }
     // The header alone names the model and its preprocessing, so the model loads while the
@@ -176,13 +177,12 @@ fn run(cli: Cli) -> Result<()> {
         ))?;
         cnclip_cli::serve::serve(listener, searcher, engine);
     }
-    let query = match (&cli.query, &cli.image) {
-        (_, Some(path)) => engine.encode_image(path),
-        (Some(text), None) => engine.encode_text(text),
+    let hits = match (&cli.query, &cli.image) {
+        (_, Some(path)) => searcher.search_image_in(&engine, path, k, &scope)?,
+        (Some(text), None) => searcher.search_text_in(&engine, text, k, &scope)?,
         (None, None) => bail!("give a QUERY or --image PATH"),
     };
-    let query = query.map_err(cnclip_index::Error::Embed)?;
-    print_hits(&searcher.search_vector_in(&query, cli.k, &scope)?, cli.json)
+    print_hits(&hits, cli.json)
 }
 
 fn print_hits(hits: &[Hit], json: bool) -> Result<()> {
