@@ -1168,6 +1168,32 @@ fn a_forgotten_folder_leaves_the_index_and_its_searches() {
         forget("photos/moved"),
         serde_json::json!({"removed": 0, "total": 5})
     );
+    // Forgotten vectors are gone: indexing those photos again runs the model.
+    let s = build(&moved_to, &index, "vit_tiny.pt");
+    assert_eq!(
+        (&s["indexed"], &s["embedded"]),
+        (&4.into(), &4.into()),
+        "{s}"
+    );
+    // The right order for a move: build the new place first — every photo keeps its vector,
+    // found by its content — then forget the old one.
+    std::fs::create_dir(photos.join("moved-again")).unwrap();
+    for f in std::fs::read_dir(&moved_to).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::rename(&f, photos.join("moved-again").join(f.file_name().unwrap())).unwrap();
+    }
+    let s = build(&photos, &index, "vit_tiny.pt");
+    assert_eq!(
+        (&s["indexed"], &s["embedded"], &s["total"]),
+        (&4.into(), &0.into(), &13.into()),
+        "{s}"
+    );
+    assert_eq!(
+        forget(moved_to.to_str().unwrap()),
+        serde_json::json!({"removed": 4, "total": 9})
+    );
+    assert_eq!(status(&index)["vectors"], 9);
+    verify_ok(&index);
     let out = run(
         "cnclip-index",
         &["forget", "/nowhere", "--index", index.to_str().unwrap()],
@@ -1175,7 +1201,7 @@ fn a_forgotten_folder_leaves_the_index_and_its_searches() {
     assert!(out.status.success());
     let said = String::from_utf8(out.stdout).unwrap();
     assert!(
-        said.starts_with("nothing indexed under /nowhere: 5 images"),
+        said.starts_with("nothing indexed under /nowhere: 9 images"),
         "{said}"
     );
     // Not an index: said, and nothing is created.

@@ -32,8 +32,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Index the images under each DIR (incremental: only new, changed, moved and deleted files
-    /// cost work). Prints a summary; with --json one line
-    /// {"indexed", "unchanged", "removed", "total", "skipped": [{"path", "reason"}]}.
+    /// cost work). Prints a summary; with --json one line {"indexed", "embedded" (of those, run
+    /// through the model: moved and copied photos reuse their vectors), "unchanged", "removed",
+    /// "total", "skipped": [{"path", "reason"}]}.
     /// Exits 0 when the run completed, even if some files were skipped.
     Build {
         /// The folders of images (one index can hold several: ~/Photos /mnt/nas/photos).
@@ -213,6 +214,7 @@ fn build(
             .build(dir, &engine, &reporter)?;
         reporter.finish();
         summary.indexed += s.indexed;
+        summary.embedded += s.embedded;
         summary.unchanged += s.unchanged;
         summary.removed += s.removed;
         summary.skipped.extend(s.skipped);
@@ -222,6 +224,7 @@ fn build(
     if json {
         let line = json!({
             "indexed": summary.indexed,
+            "embedded": summary.embedded,
             "unchanged": summary.unchanged,
             "removed": summary.removed,
             "total": summary.total,
