@@ -1,7 +1,8 @@
 //! kill -9 at random moments of a build (in a child process: this test binary re-executed) loses
 //! nothing that was reported committed; the index always opens and verifies afterwards, readers see
 //! every committed image, and running the build again finishes the job without duplicates. A second
-//! test kills a child that opens the index over and over, so kills land while sled recovers.
+//! test kills a child that opens the index over and over, so kills land while sled recovers; a
+//! third kills `Index::forget` halfway through a folder, which must cost nothing outside it.
 
 // The index crate's test helpers, one copy for both crates.
 #[path = "../../cnclip-index/tests/common/mod.rs"]
@@ -75,6 +76,13 @@ fn crash_child() {
     // The test harness prints "test crash_child ... " without a newline: start on a fresh line.
     println!();
     let e = embedder();
+    if std::env::var_os(CHILD_MODE).is_some_and(|m| m == "forget") {
+        let mut index = Index::open(&idx).unwrap();
+        index.set_graph_policy(policy());
+        index.forget(&photos.join("gone"), &Silent).unwrap();
+        println!("DONE");
+        return;
+    }
     if std::env::var_os(CHILD_MODE).is_some_and(|m| m == "reopen") {
         // Every open after a commit makes sled write a recovery snapshot (synced, then renamed):
         // a child that does little else puts many kills inside that window.
@@ -372,4 +380,80 @@ fn kill_9_during_build_loses_nothing_committed() {
         expected.len(),
         indexed.len()
     );
+}
+
+/// Kills a child forgetting a folder of 1 500 photos (two commits of removals, then the graph):
+/// after every kill the index opens and verifies, the other folder is whole, and forgetting
+/// again finishes the job.
+#[test]
+fn kill_9_while_forgetting_costs_nothing_else() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let photos_dir = tempfile::tempdir().unwrap();
+    let photos = std::fs::canonicalize(photos_dir.path()).unwrap();
+    for i in 0..1500u64 {
+        png(&photos, &format!("gone/{}/p{i}.png", i % 10), i);
+    }
+    let mut kept = HashSet::new();
+    for i in 0..40u64 {
+        kept.insert(png(&photos, &format!("kept/p{i}.png"), 10_000 + i));
+    }
+    // One picture in both: its vector must outlive the forgotten copy.
+    std::fs::copy(photos.join("gone/0/p0.png"), photos.join("kept/copy.png")).unwrap();
+    kept.insert(photos.join("kept/copy.png"));
+    let fast = FakeEmbedder::new(24).with_batch_size(256);
+    let work = tempfile::tempdir().unwrap();
+    let base = work.path().join("base");
+    let mut index = Index::open_or_create(&base, &fast.identity()).unwrap();
+    index.set_graph_policy(policy());
+    Indexer::new(&mut index)
+        .build(&photos, &fast, &Silent)
+        .unwrap();
+    drop(index);
+
+    let mut rng = Rng(5);
+    let (mut before, mut midway, mut after) = (0, 0, 0);
+    let kills = kills_wanted();
+    for round in 1..=kills {
+        let idx = work.path().join(format!("i{round}"));
+        copy_dir(&base, &idx);
+        let (_, done) = run_child(
+            "forget",
+            &photos,
+            &idx,
+            Some(Duration::from_millis(20 + rng.below(100))),
+        );
+        check_after_kill(&idx, &kept, round);
+        let mut index = Index::open(&idx).unwrap();
+        match index.status().unwrap().images {
+            1541 => before += 1,
+            41 => after += 1,
+            _ => midway += 1,
+        }
+        assert!(done || index.status().unwrap().images >= 41);
+        index.set_graph_policy(policy());
+        index.forget(&photos.join("gone"), &Silent).unwrap();
+        let st = index.status().unwrap();
+        assert_eq!((st.images, st.vectors), (41, 41), "round {round}");
+        let v = index.verify().unwrap();
+        assert!(v.is_ok(), "round {round}: {:?}", v.problems);
+        drop(index);
+        std::fs::remove_dir_all(&idx).unwrap();
+    }
+    eprintln!(
+        "forget crash test: {kills} kills ({before} before any removal, {midway} midway, {after} \
+         after all), the other folder whole every time"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from).into_iter().map(|e| e.unwrap()) {
+        let dest = to.join(e.path().strip_prefix(from).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
 }
