@@ -820,6 +820,19 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
             });
         }
     });
+    // The 24 asks of one text ran the model once or a few times (clients racing at the start):
+    // the rest came from the query cache, with the same answers.
+    let cache = &server.get("/status").1["query_cache"];
+    assert!(
+        cache["texts"] == 1 && cache["hits"].as_u64().unwrap() >= 16,
+        "{cache}"
+    );
+    // The next page: ranks go on from the first.
+    let (code, answer) = server.get(&format!("{target}&offset=2").replace("k=5", "k=3"));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["hits"].as_array().unwrap(), &cli_text[2..]);
+    let (code, answer) = server.get(&format!("{target}&offset=4"));
+    assert_eq!((code, answer["hits"][0]["rank"].as_u64()), (200, Some(5)));
     // Photos like an indexed one, from its stored vector: the same answer as querying with the
     // file itself, without running the model.
     for f in &files[..4] {
@@ -897,6 +910,15 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
         let (code, e) = error(server.get(&format!("/search?q=a&k={k}")));
         assert!(code == 400 && e.contains("k must be"), "{k}: {code} {e}");
     }
+    for offset in ["-1", "x", "10001"] {
+        let (code, e) = error(server.get(&format!("/search?q=a&offset={offset}")));
+        assert!(
+            code == 400 && e.contains("offset must be"),
+            "{offset}: {code} {e}"
+        );
+    }
+    let (code, e) = error(server.get("/similar?path=/x&k=10000&offset=1"));
+    assert!(code == 400 && e.contains("offset + k"), "{code} {e}");
     let (code, e) = error(server.get("/search?q=%E4%B8"));
     assert!(code == 400 && e.contains("not UTF-8"), "{code} {e}");
     let (code, e) = error(server.post("/search", b"not an image at all"));

@@ -4,7 +4,10 @@
 //! - `GET /search?q=一只小猫&k=10` — a text query (the `q` parameter percent-encoded UTF-8; `k`
 //!   defaults to 10): `{"hits": [{"rank", "score", "path"}, …]}`, best first, as
 //!   `cnclip-search --json` prints them. `&under=/photos/alice` (absolute; may be repeated)
-//!   confines any search to the images under those folders, as `cnclip-search --under` does.
+//!   confines any search to the images under those folders, as `cnclip-search --under` does;
+//!   `&offset=20` skips the best 20 (the next page; ranks still count from the best). The
+//!   vectors of the last [`TEXT_CACHE`] texts asked are kept: asking again, for the next page or
+//!   after going back, costs no model time.
 //! - `POST /search?k=10` — an image query: the body is the image file (any format the indexer
 //!   reads, at most [`MAX_BODY`] bytes, with a `Content-Length`), decoded as the index's photos were.
 //! - `GET /similar?path=/photos/cat.jpg&k=10` — the images most like an indexed one, from the
@@ -14,15 +17,16 @@
 //!   "embedding"}`, L2-normalised, equal to what `cnclip embed --json` prints for it (`input` for
 //!   texts only; `model` is the server's, as the index records it).
 //! - `GET /status` — `{"model", "dim", "preprocess", "precision", "images", "vectors", "graph",
-//!   "exact_vectors"}`.
+//!   "exact_vectors", "query_cache": {"texts", "hits"}}`.
 //!
 //! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q` or
-//! `text`, an empty one, a bad `k`, a relative `under`, an image that does not decode, a `path`
-//! not in the index), 404 and 405 for other paths and methods, 408 when a request does not arrive
-//! whole within [`READ_TIMEOUT`], 411 for a body without a length, 413 for one over [`MAX_BODY`],
-//! 431 for headers over [`MAX_HEAD`], 500 when the index cannot be read, and 503 once the index
-//! has been rebuilt with another model than the server's (its vectors and the server's queries
-//! are not comparable: restart the server; `/embed` still answers, with the server's model).
+//! `text`, an empty one, a bad `k` or `offset`, a relative `under`, an image that does not
+//! decode, a `path` not in the index), 404 and 405 for other paths and methods, 408 when a request
+//! does not arrive whole within [`READ_TIMEOUT`], 411 for a body without a length, 413 for one
+//! over [`MAX_BODY`], 431 for headers over [`MAX_HEAD`], 500 when the index cannot be read, and
+//! 503 once the index has been rebuilt with another model than the server's (its vectors and the
+//! server's queries are not comparable: restart the server; `/embed` still answers, with the
+//! server's model).
 //!
 //! The index is read as `cnclip-search` reads it, without its lock, so a build can run beside the
 //! server: every second a refresher picks up the batches it committed, and when a new graph
@@ -33,6 +37,7 @@
 //! query images are decoded one at a time beside that. There is no authentication: bind to a
 //! loopback address (as the README does) unless something in front decides who may ask.
 
+use std::collections::HashMap;
 use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -60,6 +65,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Results per query when `k` is not given, and the most that may be asked for.
 const DEFAULT_K: usize = 10;
 const MAX_K: usize = 10_000;
+/// Text queries whose vectors are kept (2 KiB each at 512 dimensions).
+pub const TEXT_CACHE: usize = 1024;
 /// How often the refresher looks for what builds committed.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
@@ -69,6 +76,7 @@ struct Server {
     engine: ClipEngine,
     /// Held while a query is encoded (one at a time).
     encoding: Mutex<()>,
+    text_cache: Mutex<TextCache>,
     /// Held while a query image is decoded (one at a time, apart from the model: a text query
     /// need not wait for a decode, and the pixels of one photo are in memory at a time).
     decoding: Mutex<()>,
@@ -86,6 +94,7 @@ pub fn serve(listener: TcpListener, searcher: Searcher, engine: ClipEngine) -> !
         searcher: RwLock::new(searcher),
         engine,
         encoding: Mutex::new(()),
+        text_cache: Mutex::new(TextCache::default()),
         decoding: Mutex::new(()),
         other_model: Mutex::new(None),
         refresh_failure: Mutex::new(None),
@@ -166,19 +175,19 @@ impl Server {
     fn route(&self, req: &Request) -> Result<String, Failure> {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/search") => {
-                let (k, scope) = (k_of(req)?, scope_of(req)?);
+                let page = Page::of(req)?;
                 let text = text_of(req, "q", "query", "GET /search?q=TEXT")?;
-                let vector = self.encode(|| self.engine.encode_text(text).map_err(Error::Embed))?;
-                self.search(&vector, k, &scope)
+                let vector = self.encode_text(text)?;
+                self.search(&vector, &page)
             }
             ("POST", "/search") => {
-                let (k, scope) = (k_of(req)?, scope_of(req)?);
+                let page = Page::of(req)?;
                 let vector = self.encode_posted_image(req)?;
-                self.search(&vector, k, &scope)
+                self.search(&vector, &page)
             }
             ("GET", "/embed") => {
                 let text = text_of(req, "text", "text", "GET /embed?text=TEXT")?;
-                let vector = self.encode(|| self.engine.encode_text(text).map_err(Error::Embed))?;
+                let vector = self.encode_text(text)?;
                 self.embedding("text", Some(text), vector)
             }
             ("POST", "/embed") => {
@@ -186,11 +195,11 @@ impl Server {
                 self.embedding("image", None, vector)
             }
             ("GET", "/similar") => {
-                let (k, scope) = (k_of(req)?, scope_of(req)?);
+                let page = Page::of(req)?;
                 let Some(path) = param(req, "path") else {
                     return fail(400, "missing the photo: GET /similar?path=/ABSOLUTE/PATH");
                 };
-                self.similar(Path::new(path), k, &scope)
+                self.similar(Path::new(path), &page)
             }
             ("GET", "/status") => Ok(self.status().to_string()),
             (_, "/search") => fail(405, "use GET /search?q=TEXT or POST /search with an image"),
@@ -263,19 +272,35 @@ impl Server {
         })
     }
 
-    fn search(&self, vector: &[f32], k: usize, scope: &Scope) -> Result<String, Failure> {
-        self.refuse_other_model()?;
-        let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
-        hits_json(searcher.search_vector_in(vector, k, scope))
+    /// A text query's vector: from the cache when it was asked before (a photo app asks again
+    /// for the next page, or when the user goes back), else from the model.
+    fn encode_text(&self, text: &str) -> Result<Vec<f32>, Failure> {
+        if let Some(v) = self
+            .text_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(text)
+        {
+            return Ok(v);
+        }
+        let v = self.encode(|| self.engine.encode_text(text).map_err(Error::Embed))?;
+        (self.text_cache.lock().unwrap_or_else(|e| e.into_inner())).put(text, &v);
+        Ok(v)
     }
 
-    fn similar(&self, path: &Path, k: usize, scope: &Scope) -> Result<String, Failure> {
+    fn search(&self, vector: &[f32], page: &Page) -> Result<String, Failure> {
         self.refuse_other_model()?;
         let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
-        match searcher.search_similar_in(path, k, scope) {
+        page.hits_json(searcher.search_vector_in(vector, page.offset + page.k, &page.scope))
+    }
+
+    fn similar(&self, path: &Path, page: &Page) -> Result<String, Failure> {
+        self.refuse_other_model()?;
+        let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
+        match searcher.search_similar_in(path, page.offset + page.k, &page.scope) {
             // Not in the index: the asker's to fix.
             Err(e @ Error::NotIndexed { .. }) => fail(400, e.to_string()),
-            hits => hits_json(hits),
+            hits => page.hits_json(hits),
         }
     }
 
@@ -289,6 +314,7 @@ impl Server {
 
     fn status(&self) -> Value {
         let s = self.searcher.read().unwrap_or_else(|e| e.into_inner());
+        let cache = self.text_cache.lock().unwrap_or_else(|e| e.into_inner());
         let id = s.identity();
         json!({
             "model": id.model,
@@ -299,6 +325,7 @@ impl Server {
             "vectors": s.vectors(),
             "graph": s.uses_graph(),
             "exact_vectors": s.exact_vectors(),
+            "query_cache": {"texts": cache.entries.len(), "hits": cache.hits},
         })
     }
 
@@ -351,15 +378,83 @@ impl Server {
     }
 }
 
-/// `{"hits": [...]}`, the hits' fields in `cnclip-search --json`'s order.
-fn hits_json(hits: cnclip_index::Result<Vec<Hit>>) -> Result<String, Failure> {
-    #[derive(serde::Serialize)]
-    struct Hits {
-        hits: Vec<Hit>,
+/// Which hits a search answers with: `k` (1–[`MAX_K`], default [`DEFAULT_K`]) from `offset`
+/// (default 0; `offset + k` at most [`MAX_K`]), among the images under the `under` folders.
+struct Page {
+    k: usize,
+    offset: usize,
+    scope: Scope,
+}
+
+impl Page {
+    fn of(req: &Request) -> Result<Page, Failure> {
+        let number = |name: &str, default: usize, min: usize| match param(req, name) {
+            None => Ok(default),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (min..=MAX_K).contains(&n) => Ok(n),
+                _ => fail(
+                    400,
+                    format!("{name} must be a whole number from {min} to {MAX_K}, not {v:?}"),
+                ),
+            },
+        };
+        let (k, offset) = (number("k", DEFAULT_K, 1)?, number("offset", 0, 0)?);
+        if k + offset > MAX_K {
+            return fail(400, format!("offset + k must be at most {MAX_K}"));
+        }
+        Ok(Page {
+            k,
+            offset,
+            scope: scope_of(req)?,
+        })
     }
-    match hits {
-        Ok(hits) => serde_json::to_string(&Hits { hits }).or_else(|e| fail(500, e.to_string())),
-        Err(e) => fail(500, e.to_string()),
+
+    /// `{"hits": [...]}` from `offset` on (ranks counted from the best), the hits' fields in
+    /// `cnclip-search --json`'s order.
+    fn hits_json(&self, hits: cnclip_index::Result<Vec<Hit>>) -> Result<String, Failure> {
+        #[derive(serde::Serialize)]
+        struct Hits {
+            hits: Vec<Hit>,
+        }
+        match hits {
+            Ok(mut hits) => {
+                hits.drain(..self.offset.min(hits.len()));
+                serde_json::to_string(&Hits { hits }).or_else(|e| fail(500, e.to_string()))
+            }
+            Err(e) => fail(500, e.to_string()),
+        }
+    }
+}
+
+/// The vectors of the last [`TEXT_CACHE`] text queries asked, the least recently asked evicted.
+#[derive(Default)]
+struct TextCache {
+    entries: HashMap<String, (Vec<f32>, u64)>,
+    clock: u64,
+    hits: u64,
+}
+
+impl TextCache {
+    fn get(&mut self, text: &str) -> Option<Vec<f32>> {
+        self.clock += 1;
+        let (v, used) = self.entries.get_mut(text)?;
+        *used = self.clock;
+        self.hits += 1;
+        Some(v.clone())
+    }
+
+    fn put(&mut self, text: &str, v: &[f32]) {
+        if self.entries.len() >= TEXT_CACHE {
+            let oldest = (self.entries.iter())
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(t, _)| t.clone());
+            if let Some(t) = oldest {
+                self.entries.remove(&t);
+            }
+        }
+        self.clock += 1;
+        self.entries
+            .insert(text.to_owned(), (v.to_vec(), self.clock));
     }
 }
 
@@ -396,19 +491,6 @@ fn scope_of(req: &Request) -> Result<Scope, Failure> {
     } else {
         Scope::under(under)
     })
-}
-
-fn k_of(req: &Request) -> Result<usize, Failure> {
-    match param(req, "k") {
-        None => Ok(DEFAULT_K),
-        Some(k) => match k.parse::<usize>() {
-            Ok(k) if (1..=MAX_K).contains(&k) => Ok(k),
-            _ => fail(
-                400,
-                format!("k must be a whole number from 1 to {MAX_K}, not {k:?}"),
-            ),
-        },
-    }
 }
 
 /// Reads one request, its head, then a body of `Content-Length` bytes, all before `deadline`.
@@ -648,6 +730,22 @@ mod tests {
         drop(client);
         let cut = read_request(&mut server, Instant::now() + Duration::from_secs(10));
         assert_eq!(cut.unwrap_err().0, 400);
+    }
+
+    #[test]
+    fn the_query_cache_keeps_the_texts_last_asked() {
+        let mut cache = TextCache::default();
+        for i in 0..TEXT_CACHE {
+            cache.put(&i.to_string(), &[i as f32]);
+        }
+        // Asked again: kept when the next one comes in, and the least recently asked goes.
+        assert_eq!(cache.get("0"), Some(vec![0.0]));
+        cache.put("new", &[-1.0]);
+        assert_eq!(cache.entries.len(), TEXT_CACHE);
+        assert_eq!(cache.get("0"), Some(vec![0.0]));
+        assert_eq!(cache.get("1"), None);
+        assert_eq!(cache.get("new"), Some(vec![-1.0]));
+        assert_eq!(cache.hits, 3);
     }
 
     #[test]
