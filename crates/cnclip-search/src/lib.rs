@@ -370,6 +370,8 @@ impl Searcher {
                 "the query vector is zero or not finite".into(),
             ));
         }
+        // No more hits than images (and no heap sized for a `k` of billions).
+        let k = k.min(self.state.paths.len());
         let live = |vid: u64| self.state.live.contains(&vid);
         let mut cands = if scope.is_all() {
             let mut cands = self.state.delta.search(&q, k);

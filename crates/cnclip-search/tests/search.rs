@@ -355,6 +355,7 @@ fn queries_are_checked() {
     ));
     assert!(s.search_vector(&[0.0; 16], 1).is_err());
     assert!(s.search_vector(&[1.0; 16], 0).unwrap().is_empty());
+    assert_eq!(s.search_vector(&[1.0; 16], usize::MAX).unwrap().len(), 2);
 
     let enc = Encoder(FakeEmbedder::new(16), a.clone());
     assert_eq!(
