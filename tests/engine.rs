@@ -1285,3 +1285,135 @@ fn one_build_indexes_several_folders() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere: not a directory"));
     assert_eq!(status(&index)["images"], 8);
 }
+
+#[test]
+fn query_arithmetic_adds_and_subtracts_texts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = make_corpus(&photos, 8, 96);
+    let index = tmp.path().join("index");
+    build(&photos, &index, "vit_tiny.pt");
+    let m = model("vit_tiny.pt");
+    // Every embedding, as `cnclip embed` gives it (L2-normalised).
+    let mut embed = bin("cnclip");
+    embed.args(["embed", "--json", "--model", &m]);
+    for t in ["一只小猫", "夜晚", "室内"] {
+        embed.args(["--text", t]);
+    }
+    for f in &files {
+        embed.arg("--image").arg(f);
+    }
+    let vectors: Vec<Vec<f64>> = ok(embed.output().unwrap())
+        .iter()
+        .map(|l| {
+            let v = l["embedding"].as_array().unwrap();
+            v.iter().map(|x| x.as_f64().unwrap()).collect()
+        })
+        .collect();
+    let (cat, night, indoors, images) = (&vectors[0], &vectors[1], &vectors[2], &vectors[3..]);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let unit = |v: Vec<f64>| {
+        let n = dot(&v, &v).sqrt();
+        v.into_iter().map(|x| x / n).collect::<Vec<f64>>()
+    };
+    let cli = |args: &[&str]| -> Vec<Value> {
+        ok(bin("cnclip-search")
+            .arg("--index")
+            .arg(&index)
+            .args(["-k", "8", "--json"])
+            .args(args)
+            .output()
+            .unwrap())
+    };
+    let image0 = files[0].canonicalize().unwrap();
+    let image0 = image0.to_str().unwrap();
+    for (args, parts) in [
+        (
+            &["--add", "夜晚", "--subtract", "室内", "--", "一只小猫"][..],
+            vec![(1.0, cat), (1.0, night), (-1.0, indoors)],
+        ),
+        (
+            &["--image", image0, "--add", "夜晚"],
+            vec![(1.0, &images[0]), (1.0, night)],
+        ),
+        (
+            &["--similar", image0, "--subtract", "室内"],
+            vec![(1.0, &images[0]), (-1.0, indoors)],
+        ),
+    ] {
+        let mut sum = vec![0.0; 64];
+        for (sign, v) in parts {
+            for (s, x) in sum.iter_mut().zip(v) {
+                *s += sign * x;
+            }
+        }
+        let query = unit(sum);
+        let hits = cli(args);
+        assert_eq!(hits.len(), 8);
+        for (i, hit) in hits.iter().enumerate() {
+            let at = files
+                .iter()
+                .position(|f| f.canonicalize().unwrap() == Path::new(hit["path"].as_str().unwrap()))
+                .unwrap();
+            let want = dot(&query, &images[at]);
+            let got = hit["score"].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-5,
+                "{args:?} hit {i}: {got} vs {want}"
+            );
+            if i > 0 {
+                assert!(got <= hits[i - 1]["score"].as_f64().unwrap());
+            }
+        }
+    }
+
+    // The server: the same answers.
+    let server = Server::start(&index);
+    let target = format!(
+        "/search?k=8&q={}&add={}&subtract={}",
+        percent_encoded("一只小猫"),
+        percent_encoded("夜晚"),
+        percent_encoded("室内")
+    );
+    let (code, answer) = server.get(&target);
+    assert_eq!(code, 200, "{answer}");
+    let want = cli(&["--add", "夜晚", "--subtract", "室内", "--", "一只小猫"]);
+    assert_eq!(answer["hits"].as_array().unwrap(), &want);
+    let (code, answer) = server.post(
+        &format!("/search?k=8&add={}", percent_encoded("夜晚")),
+        &std::fs::read(&files[0]).unwrap(),
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        answer["hits"].as_array().unwrap(),
+        &cli(&["--image", image0, "--add", "夜晚"])
+    );
+    let (code, answer) = server.get(&format!(
+        "/similar?k=8&path={}&subtract={}",
+        percent_encoded(image0),
+        percent_encoded("室内")
+    ));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        answer["hits"].as_array().unwrap(),
+        &cli(&["--similar", image0, "--subtract", "室内"])
+    );
+    let (code, answer) = server.get("/search?q=a&add=+");
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("add text is empty"),
+        "{answer}"
+    );
+    // A text minus itself leaves nothing to search with: said, not answered with noise.
+    let out = bin("cnclip-search")
+        .arg("--index")
+        .arg(&index)
+        .args(["--subtract", "夜晚", "夜晚"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("zero"), "{stderr}");
+}

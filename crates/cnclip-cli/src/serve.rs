@@ -5,7 +5,9 @@
 //!   defaults to 10): `{"hits": [{"rank", "score", "path"}, …]}`, best first, as
 //!   `cnclip-search --json` prints them. `&under=/photos/alice` (absolute; may be repeated)
 //!   confines any search to the images under those folders, as `cnclip-search --under` does;
-//!   `&offset=20` skips the best 20 (the next page; ranks still count from the best). The
+//!   `&offset=20` skips the best 20 (the next page; ranks still count from the best);
+//!   `&add=夜晚` and `&subtract=室内` (repeatable) are query arithmetic, as `cnclip-search --add`
+//!   and `--subtract` (on `/similar` too: "this photo, but at night"). The
 //!   vectors of the last [`TEXT_CACHE`] texts asked are kept: asking again, for the next page or
 //!   after going back, costs no model time.
 //! - `POST /search?k=10` — an image query: the body is the image file (any format the indexer
@@ -178,12 +180,12 @@ impl Server {
                 let page = Page::of(req)?;
                 let text = text_of(req, "q", "query", "GET /search?q=TEXT")?;
                 let vector = self.encode_text(text)?;
-                self.search(&vector, &page)
+                self.search(&self.arithmetic(req, vector)?, &page)
             }
             ("POST", "/search") => {
                 let page = Page::of(req)?;
                 let vector = self.encode_posted_image(req)?;
-                self.search(&vector, &page)
+                self.search(&self.arithmetic(req, vector)?, &page)
             }
             ("GET", "/embed") => {
                 let text = text_of(req, "text", "text", "GET /embed?text=TEXT")?;
@@ -199,7 +201,7 @@ impl Server {
                 let Some(path) = param(req, "path") else {
                     return fail(400, "missing the photo: GET /similar?path=/ABSOLUTE/PATH");
                 };
-                self.similar(Path::new(path), &page)
+                self.similar(Path::new(path), &page, req)
             }
             ("GET", "/status") => Ok(self.status().to_string()),
             (_, "/search") => fail(405, "use GET /search?q=TEXT or POST /search with an image"),
@@ -294,14 +296,38 @@ impl Server {
         page.hits_json(searcher.search_vector_in(vector, page.offset + page.k, &page.scope))
     }
 
-    fn similar(&self, path: &Path, page: &Page) -> Result<String, Failure> {
+    fn similar(&self, path: &Path, page: &Page, req: &Request) -> Result<String, Failure> {
         self.refuse_other_model()?;
-        let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
-        match searcher.search_similar_in(path, page.offset + page.k, &page.scope) {
+        let stored = {
+            let searcher = self.searcher.read().unwrap_or_else(|e| e.into_inner());
+            searcher.vector_of(path)
+        };
+        let Some(vector) = stored else {
             // Not in the index: the asker's to fix.
-            Err(e @ Error::NotIndexed { .. }) => fail(400, e.to_string()),
-            hits => page.hits_json(hits),
+            let e = Error::NotIndexed { path: path.into() };
+            return fail(400, e.to_string());
+        };
+        self.search(&self.arithmetic(req, vector)?, page)
+    }
+
+    /// The query plus the `add` texts minus the `subtract` ones (`cnclip_search::combine`).
+    fn arithmetic(&self, req: &Request, query: Vec<f32>) -> Result<Vec<f32>, Failure> {
+        let (mut add, mut subtract) = (Vec::new(), Vec::new());
+        for (name, text) in &req.query {
+            let into = match name.as_str() {
+                "add" => &mut add,
+                "subtract" => &mut subtract,
+                _ => continue,
+            };
+            if text.trim().is_empty() {
+                return fail(400, format!("the {name} text is empty"));
+            }
+            into.push(self.encode_text(text)?);
         }
+        if add.is_empty() && subtract.is_empty() {
+            return Ok(query);
+        }
+        cnclip_search::combine(&query, &add, &subtract).or_else(|e| fail(500, e.to_string()))
     }
 
     /// A 503 once the index holds another model's vectors.

@@ -120,6 +120,32 @@ impl Scope {
     }
 }
 
+/// Query arithmetic: `base` plus every vector of `add` minus every vector of `subtract`, each
+/// L2-normalised first so that each counts alike — "this photo, but at night": an image's vector
+/// plus the text 夜晚's; "cats, not indoors": 猫 minus 室内. Not normalised (the searcher does
+/// that); [`Error::WrongDimension`] when the vectors differ in length.
+pub fn combine(base: &[f32], add: &[Vec<f32>], subtract: &[Vec<f32>]) -> Result<Vec<f32>> {
+    let mut sum = vec![0f32; base.len()];
+    let parts = std::iter::once((1.0, base))
+        .chain(add.iter().map(|v| (1.0, v.as_slice())))
+        .chain(subtract.iter().map(|v| (-1.0, v.as_slice())));
+    for (sign, v) in parts {
+        if v.len() != base.len() {
+            return Err(Error::WrongDimension {
+                expected: base.len(),
+                got: v.len(),
+            });
+        }
+        let norm = cnclip_index::dot(v, v).sqrt();
+        if norm > 0.0 {
+            for (s, x) in sum.iter_mut().zip(v) {
+                *s += sign * x / norm;
+            }
+        }
+    }
+    Ok(sum)
+}
+
 /// Turns queries into vectors in the index's embedding space: the model's text and vision towers.
 /// Vectors may have any norm (the searcher normalizes).
 pub trait QueryEncoder {

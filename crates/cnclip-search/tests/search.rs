@@ -369,6 +369,16 @@ fn queries_are_checked() {
             Err(Error::EmptyQuery)
         ));
     }
+    // Query arithmetic: each part counts alike, whatever its norm.
+    let sum = cnclip_search::combine(&[2.0, 0.0], &[vec![0.0, 0.5]], &[vec![4.0, 0.0]]).unwrap();
+    assert_eq!(sum, [0.0, 1.0]);
+    assert!(matches!(
+        cnclip_search::combine(&[1.0; 16], &[vec![1.0; 8]], &[]),
+        Err(Error::WrongDimension {
+            expected: 16,
+            got: 8
+        })
+    ));
     let other = Encoder(FakeEmbedder::new(16).with_model("RN50"), a.clone());
     let err = s.search_text(&other, "一只小猫", 1).unwrap_err();
     assert!(err.to_string().contains("--model fake"), "{err}");

@@ -19,7 +19,7 @@ use clap::Parser;
 use cnclip_cli::engine::{jpeg_decode_of, read_model_record, ClipEngine, EngineOptions};
 use cnclip_cli::{as_indexed, print_error, stdout_ok, ComputeArgs};
 use cnclip_model::model::Towers;
-use cnclip_search::{Hit, QueryEncoder, Scope, Searcher};
+use cnclip_search::{Error, Hit, QueryEncoder, Scope, Searcher};
 
 /// Search a Chinese-CLIP image index.
 #[derive(Parser)]
@@ -49,6 +49,15 @@ struct Cli {
     /// ~/.local/share/cnclip/index).
     #[arg(long)]
     index: Option<PathBuf>,
+    /// Query arithmetic: also like this text (may be given several times), e.g.
+    /// `--image beach.jpg --add 夜晚` for that beach at night. Each text counts as much as the
+    /// query itself.
+    #[arg(long, value_name = "TEXT", conflicts_with = "serve")]
+    add: Vec<String>,
+    /// Query arithmetic: unlike this text (may be given several times), e.g.
+    /// `猫 --subtract 室内` for cats outdoors.
+    #[arg(long, value_name = "TEXT", conflicts_with = "serve")]
+    subtract: Vec<String>,
     /// Only images under this folder (or this file); may be given several times. Such searches
     /// are exact.
     #[arg(long, value_name = "DIR", conflicts_with = "serve")]
@@ -98,7 +107,8 @@ fn run(cli: Cli) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?,
         )
     };
-    if let Some(photo) = &cli.similar {
+    let arithmetic = !cli.add.is_empty() || !cli.subtract.is_empty();
+    if let Some(photo) = cli.similar.as_ref().filter(|_| !arithmetic) {
         let searcher = Searcher::open_exact(&index_dir)?;
         for w in searcher.warnings() {
             eprintln!("warning: {w}");
@@ -145,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
             // One query, one tower: a text query never reads the image tower's weights.
             towers: match (&listener, &cli.image) {
                 (Some(_), _) => Towers::Both,
+                (None, Some(_)) if arithmetic => Towers::Both,
                 (None, Some(_)) => Towers::Image,
                 (None, None) => Towers::Text,
             },
@@ -177,12 +188,37 @@ fn run(cli: Cli) -> Result<()> {
         ))?;
         cnclip_cli::serve::serve(listener, searcher, engine);
     }
+    if arithmetic {
+        let query = match (&cli.query, &cli.image, &cli.similar) {
+            (_, Some(path), _) => engine.encode_image(path).map_err(Error::Embed)?,
+            (_, _, Some(photo)) => {
+                let path = as_indexed(photo)?;
+                (searcher.vector_of(&path)).ok_or(Error::NotIndexed { path })?
+            }
+            (Some(text), None, None) => encode_text(&engine, text)?,
+            (None, None, None) => bail!("give a QUERY, --image PATH or --similar PHOTO"),
+        };
+        let encode_all = |texts: &[String]| -> Result<Vec<Vec<f32>>> {
+            texts.iter().map(|t| encode_text(&engine, t)).collect()
+        };
+        let query =
+            cnclip_search::combine(&query, &encode_all(&cli.add)?, &encode_all(&cli.subtract)?)?;
+        return print_hits(&searcher.search_vector_in(&query, k, &scope)?, cli.json);
+    }
     let hits = match (&cli.query, &cli.image) {
         (_, Some(path)) => searcher.search_image_in(&engine, path, k, &scope)?,
         (Some(text), None) => searcher.search_text_in(&engine, text, k, &scope)?,
         (None, None) => bail!("give a QUERY or --image PATH"),
     };
     print_hits(&hits, cli.json)
+}
+
+/// A text's vector; an empty text is refused, as `Searcher::search_text` refuses it.
+fn encode_text(engine: &ClipEngine, text: &str) -> Result<Vec<f32>> {
+    if text.trim().is_empty() {
+        return Err(Error::EmptyQuery.into());
+    }
+    Ok(engine.encode_text(text).map_err(Error::Embed)?)
 }
 
 fn print_hits(hits: &[Hit], json: bool) -> Result<()> {
