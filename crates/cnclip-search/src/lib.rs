@@ -15,11 +15,13 @@
 //! encoder: it searches from the vector the index holds for one of its photos. Scores are cosines
 //! of L2-normalized vectors (the official "similarity" is `logit_scale.exp()` × this).
 //!
-//! A search can be confined to some folders ([`Scope`], [`Searcher::search_vector_in`]): one
-//! user's library in a shared index, one trip. Confined searches are exact: they score every
-//! vector in scope, the graph's or not, and so cost in proportion to the index, as an exact scan
-//! does (at 100k vectors of 512 values on the 2-core build machine: 4.3 ms with a tenth of them in
-//! scope, against 5.8 ms through the graph unconfined and 11.5 ms for an exact scan of all).
+//! Queries can be combined ([`combine`]: "this photo, but at night" is an image's vector plus a
+//! text's). A search can be confined to some folders ([`Scope`],
+//! [`Searcher::search_vector_in`]): one user's library in a shared index, one trip. Confined
+//! searches are exact: they score every vector in scope, the graph's or not, and so cost in
+//! proportion to the index, as an exact scan does (at 100k vectors of 512 values on the 2-core
+//! build machine: 4.3 ms with a tenth of them in scope, against 5.8 ms through the graph
+//! unconfined and 11.5 ms for an exact scan of all).
 //!
 //! ```
 //! use cnclip_index::{FakeEmbedder, ImageEmbedder, Index, Indexer, Silent};
