@@ -783,6 +783,22 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
         !out.status.success() && stderr.contains("cannot listen on"),
         "{stderr}"
     );
+    // Per-search options belong to each request: given to a server, they are refused, not
+    // ignored.
+    for option in [&["-k", "5"][..], &["--json"], &["--under", "/tmp"]] {
+        let out = bin("cnclip-search")
+            .arg("--index")
+            .arg(&index)
+            .args(["--serve", "127.0.0.1:0"])
+            .args(option)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("cannot be used with"),
+            "{stderr}"
+        );
+    }
     let server = Server::start(&index);
 
     let (code, st) = server.get("/status");

@@ -62,11 +62,16 @@ struct Cli {
     /// are exact.
     #[arg(long, value_name = "DIR", conflicts_with = "serve")]
     under: Vec<PathBuf>,
-    /// How many results.
-    #[arg(short, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    /// How many results (a server takes `k` per request).
+    #[arg(
+        short,
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..),
+        conflicts_with = "serve"
+    )]
     k: u32,
     /// One line per hit: {"rank", "score" (cosine), "path" (absolute)}.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "serve")]
     json: bool,
     /// Model to encode the query with (default: the one that built the index).
     #[arg(long, env = "CNCLIP_MODEL")]
