@@ -1175,6 +1175,20 @@ fn a_forgotten_folder_leaves_the_index_and_its_searches() {
         .contains("/photos/moved/"));
     let server = Server::start(&index);
     assert_eq!(server.get("/status").1["images"], 9);
+    // Asked first what it would do: nothing changes.
+    let out = run(
+        "cnclip-index",
+        &[
+            "forget",
+            "/",
+            "--dry-run",
+            "--index",
+            index.to_str().unwrap(),
+        ],
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.starts_with("would remove 9 of 9 images"), "{said}");
+    assert_eq!(status(&index)["images"], 9);
     // Named relative to the working directory and with a trailing slash, as a person would.
     assert_eq!(
         forget("photos/moved/"),

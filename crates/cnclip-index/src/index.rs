@@ -228,20 +228,31 @@ impl Index {
     /// committed, and running it again finishes the job. A later build of a folder holding
     /// `path` indexes what is still there again.
     pub fn forget(&mut self, path: &Path, reporter: &dyn Reporter) -> Result<usize> {
-        // Components: no trailing `/`, no `.`.
-        let root: PathBuf = path.components().collect();
-        let root = root.as_os_str().as_bytes();
-        let mut gone = Vec::new();
-        for r in self.store.records(root) {
-            let (p, _) = r?;
-            if crate::walk::is_under(&p, root) {
-                gone.push(p);
-            }
-        }
+        let gone = self.paths_under(path)?;
         self.remove_records(&gone)?;
         self.maybe_compact_view()?;
         self.sync_graph(reporter)?;
         Ok(gone.len())
+    }
+
+    /// How many images [`Index::forget`] would remove for `path`; nothing changes.
+    pub fn count_under(&self, path: &Path) -> Result<usize> {
+        Ok(self.paths_under(path)?.len())
+    }
+
+    /// The indexed paths at or under `path`.
+    fn paths_under(&self, path: &Path) -> Result<Vec<Vec<u8>>> {
+        // Components: no trailing `/`, no `.`.
+        let root: PathBuf = path.components().collect();
+        let root = root.as_os_str().as_bytes();
+        let mut under = Vec::new();
+        for r in self.store.records(root) {
+            let (p, _) = r?;
+            if crate::walk::is_under(&p, root) {
+                under.push(p);
+            }
+        }
+        Ok(under)
     }
 
     /// Removes these records (and vectors left without one), committed 1 024 at a time.

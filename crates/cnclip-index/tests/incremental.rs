@@ -200,6 +200,8 @@ fn a_forgotten_folder_is_removed_whether_or_not_it_still_exists() {
     // Again: nothing left to forget. A folder that still exists, and one file.
     assert_eq!(index.forget(&root.join("old"), &Silent).unwrap(), 0);
     assert_eq!(index.forget(&root.join("kept/a.png"), &Silent).unwrap(), 1);
+    assert_eq!(index.count_under(&root.join("old-too/")).unwrap(), 6);
+    assert_eq!(index.status().unwrap().images, 7);
     assert_eq!(index.forget(&root.join("old-too"), &Silent).unwrap(), 6);
     assert_eq!(index.status().unwrap().images, 1);
     let v = index.verify().unwrap();

@@ -73,6 +73,9 @@ enum Command {
         /// Print the result as one JSON line.
         #[arg(long)]
         json: bool,
+        /// Only say how many images would be removed ({"would_remove", "total"}).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// What the index holds: {"images", "model", "dim", ...}.
     Status {
@@ -147,7 +150,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             quiet,
         ),
-        Command::Forget { path, index, json } => forget(&path, &index.path()?, json),
+        Command::Forget {
+            path,
+            index,
+            json,
+            dry_run,
+        } => forget(&path, &index.path()?, json, dry_run),
         Command::Status { index, json } => status(&index.path()?, json),
         Command::Verify { index, json } => verify(&index.path()?, json),
     }
@@ -246,12 +254,25 @@ fn build(
     Ok(ExitCode::SUCCESS)
 }
 
-fn forget(path: &Path, index_dir: &Path, json: bool) -> Result<ExitCode> {
+fn forget(path: &Path, index_dir: &Path, json: bool, dry_run: bool) -> Result<ExitCode> {
     let path = as_indexed(path)?;
     let mut index = Index::open(index_dir)?;
+    let mut out = std::io::stdout().lock();
+    if dry_run {
+        let (under, total) = (index.count_under(&path)?, index.status()?.images);
+        let line = if json {
+            json!({"would_remove": under, "total": total}).to_string()
+        } else {
+            format!(
+                "would remove {under} of {total} images: those under {}",
+                path.display()
+            )
+        };
+        stdout_ok(writeln!(out, "{line}"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let removed = index.forget(&path, &cnclip_index::Silent)?;
     let total = index.status()?.images;
-    let mut out = std::io::stdout().lock();
     if json {
         stdout_ok(writeln!(
             out,
