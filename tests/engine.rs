@@ -1428,6 +1428,41 @@ fn query_arithmetic_adds_and_subtracts_texts() {
         answer["hits"].as_array().unwrap(),
         &cli(&["--similar", image0, "--subtract", "室内"])
     );
+    // Only hits scoring at least a bar: the full ranking cut there, from the CLI and the server.
+    let all = cli(&["--similar", image0]);
+    let bar = all[4]["score"].as_f64().unwrap();
+    let above: Vec<Value> = (all.iter())
+        .filter(|h| h["score"].as_f64().unwrap() >= bar as f32 as f64)
+        .cloned()
+        .collect();
+    let bar_arg = format!("{bar}");
+    let cut = cli(&["--similar", image0, "--min-score", &bar_arg]);
+    assert!(cut.len() >= 5 && cut.len() < 8, "{cut:?}");
+    assert_eq!(cut, above);
+    let (code, answer) = server.get(&format!(
+        "/similar?k=8&path={}&min_score={bar_arg}",
+        percent_encoded(image0)
+    ));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["hits"].as_array().unwrap(), &cut);
+    for bad in ["1.5", "-2", "x"] {
+        let (code, answer) = server.get(&format!("/search?q=a&min_score={bad}"));
+        assert!(
+            code == 400 && answer["error"].as_str().unwrap().contains("cosine"),
+            "{bad}"
+        );
+        let out = bin("cnclip-search")
+            .arg("--index")
+            .arg(&index)
+            .args(["--min-score", bad, "a"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("cosine"),
+            "{bad}: {stderr}"
+        );
+    }
     let (code, answer) = server.get("/search?q=a&add=+");
     assert_eq!(code, 400);
     assert!(

@@ -6,6 +6,7 @@
 //!   `cnclip-search --json` prints them. `&under=/photos/alice` (absolute; may be repeated)
 //!   confines any search to the images under those folders, as `cnclip-search --under` does;
 //!   `&offset=20` skips the best 20 (the next page; ranks still count from the best);
+//!   `&min_score=0.95` keeps only hits scoring that much (on `/similar`: near duplicates);
 //!   `&add=夜晚` and `&subtract=室内` (repeatable) are query arithmetic, as `cnclip-search --add`
 //!   and `--subtract` (on `/similar` too: "this photo, but at night"). The
 //!   vectors of the last [`TEXT_CACHE`] texts asked are kept: asking again, for the next page or
@@ -22,13 +23,13 @@
 //!   "exact_vectors", "query_cache": {"texts", "hits"}}`.
 //!
 //! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q` or
-//! `text`, an empty one, a bad `k` or `offset`, a relative `under`, an image that does not
-//! decode, a `path` not in the index), 404 and 405 for other paths and methods, 408 when a request
-//! does not arrive whole within [`READ_TIMEOUT`], 411 for a body without a length, 413 for one
-//! over [`MAX_BODY`], 431 for headers over [`MAX_HEAD`], 500 when the index cannot be read, and
-//! 503 once the index has been rebuilt with another model than the server's (its vectors and the
-//! server's queries are not comparable: restart the server; `/embed` still answers, with the
-//! server's model).
+//! `text`, an empty one, a bad `k`, `offset` or `min_score`, a relative `under`, an image that
+//! does not decode, a `path` not in the index), 404 and 405 for other paths and methods, 408 when
+//! a request does not arrive whole within [`READ_TIMEOUT`], 411 for a body without a length, 413
+//! for one over [`MAX_BODY`], 431 for headers over [`MAX_HEAD`], 500 when the index cannot be
+//! read, and 503 once the index has been rebuilt with another model than the server's (its
+//! vectors and the server's queries are not comparable: restart the server; `/embed` still
+//! answers, with the server's model).
 //!
 //! The index is read as `cnclip-search` reads it, without its lock, so a build can run beside the
 //! server: every second a refresher picks up the batches it committed, and when a new graph
@@ -410,6 +411,8 @@ struct Page {
     k: usize,
     offset: usize,
     scope: Scope,
+    /// Only hits scoring at least this.
+    min_score: Option<f32>,
 }
 
 impl Page {
@@ -428,10 +431,23 @@ impl Page {
         if k + offset > MAX_K {
             return fail(400, format!("offset + k must be at most {MAX_K}"));
         }
+        let min_score = match param(req, "min_score") {
+            None => None,
+            Some(v) => match v.parse::<f32>() {
+                Ok(x) if (-1.0..=1.0).contains(&x) => Some(x),
+                _ => {
+                    return fail(
+                        400,
+                        format!("min_score is a cosine, from -1 to 1, not {v:?}"),
+                    )
+                }
+            },
+        };
         Ok(Page {
             k,
             offset,
             scope: scope_of(req)?,
+            min_score,
         })
     }
 
@@ -445,6 +461,9 @@ impl Page {
         match hits {
             Ok(mut hits) => {
                 hits.drain(..self.offset.min(hits.len()));
+                if let Some(min) = self.min_score {
+                    hits.retain(|h| h.score >= min);
+                }
                 serde_json::to_string(&Hits { hits }).or_else(|e| fail(500, e.to_string()))
             }
             Err(e) => fail(500, e.to_string()),

@@ -70,6 +70,16 @@ struct Cli {
         conflicts_with = "serve"
     )]
     k: u32,
+    /// Only hits scoring at least this (cosine, -1 to 1): with --similar 0.95 or so finds near
+    /// duplicates of a photo (the same scene again, a resized or re-encoded copy).
+    #[arg(
+        long,
+        value_name = "SCORE",
+        conflicts_with = "serve",
+        allow_negative_numbers = true,
+        value_parser = cosine
+    )]
+    min_score: Option<f32>,
     /// One line per hit: {"rank", "score" (cosine), "path" (absolute)}.
     #[arg(long, conflicts_with = "serve")]
     json: bool,
@@ -119,7 +129,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("warning: {w}");
         }
         let hits = searcher.search_similar_in(&as_indexed(photo)?, k, &scope)?;
-        return print_hits(&hits, cli.json);
+        return print_hits(hits, cli.json, cli.min_score);
     }
     // The header alone names the model and its preprocessing, so the model loads while the
     // vectors are read (each is about half of a one-query run's start-up).
@@ -208,14 +218,18 @@ fn run(cli: Cli) -> Result<()> {
         };
         let query =
             cnclip_search::combine(&query, &encode_all(&cli.add)?, &encode_all(&cli.subtract)?)?;
-        return print_hits(&searcher.search_vector_in(&query, k, &scope)?, cli.json);
+        return print_hits(
+            searcher.search_vector_in(&query, k, &scope)?,
+            cli.json,
+            cli.min_score,
+        );
     }
     let hits = match (&cli.query, &cli.image) {
         (_, Some(path)) => searcher.search_image_in(&engine, path, k, &scope)?,
         (Some(text), None) => searcher.search_text_in(&engine, text, k, &scope)?,
         (None, None) => bail!("give a QUERY or --image PATH"),
     };
-    print_hits(&hits, cli.json)
+    print_hits(hits, cli.json, cli.min_score)
 }
 
 /// A text's vector; an empty text is refused, as `Searcher::search_text` refuses it.
@@ -226,9 +240,21 @@ fn encode_text(engine: &ClipEngine, text: &str) -> Result<Vec<f32>> {
     Ok(engine.encode_text(text).map_err(Error::Embed)?)
 }
 
-fn print_hits(hits: &[Hit], json: bool) -> Result<()> {
+/// A cosine, from -1 to 1.
+fn cosine(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if (-1.0..=1.0).contains(&x) => Ok(x),
+        _ => Err("a cosine is a number from -1 to 1".into()),
+    }
+}
+
+/// Prints the hits that score at least `--min-score`.
+fn print_hits(mut hits: Vec<Hit>, json: bool, min_score: Option<f32>) -> Result<()> {
+    if let Some(min) = min_score {
+        hits.retain(|h| h.score >= min);
+    }
     let mut out = std::io::stdout().lock();
-    for hit in hits {
+    for hit in &hits {
         let r = if json {
             writeln!(out, "{}", serde_json::to_string(hit)?)
         } else {
