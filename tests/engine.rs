@@ -723,19 +723,32 @@ impl Server {
     }
 
     /// Sends `head` (request line and headers, without the blank line) and `body`; returns the
-    /// status and the JSON answer.
-    fn raw(&self, head: &str, body: &[u8]) -> (u16, Value) {
+    /// status, the answer's head and its body.
+    fn bytes(&self, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         s.write_all(format!("{head}\r\n\r\n").as_bytes()).unwrap();
         s.write_all(body).unwrap();
         let mut answer = Vec::new();
         s.read_to_end(&mut answer).unwrap();
-        let text = String::from_utf8(answer).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(answer[..end].to_vec()).unwrap();
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let length: usize = (head.lines())
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = answer[end + 4..].to_vec();
+        assert_eq!(body.len(), length, "{head}");
+        (status, head, body)
+    }
+
+    /// [`Server::bytes`] for a JSON answer.
+    fn raw(&self, head: &str, body: &[u8]) -> (u16, Value) {
+        let (status, head, body) = self.bytes(head, body);
         assert!(head.contains("Content-Type: application/json"), "{head}");
-        (status, serde_json::from_str(body).unwrap())
+        (status, serde_json::from_slice(&body).unwrap())
     }
 
     fn get(&self, target: &str) -> (u16, Value) {
@@ -871,6 +884,32 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
         }
         assert_eq!(answer["hits"].as_array().unwrap().len(), 3);
     }
+    // The search page, and the indexed photos it shows (no other file).
+    let (code, head, page) = server.bytes("GET / HTTP/1.1", b"");
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        code == 200 && head.contains("Content-Type: text/html"),
+        "{head}"
+    );
+    assert!(page.contains("<input") && page.contains("/search?k=60&q="));
+    let shown = files[3].canonicalize().unwrap();
+    let target = format!("/file?path={}", percent_encoded(shown.to_str().unwrap()));
+    let (code, head, bytes) = server.bytes(&format!("GET {target} HTTP/1.1"), b"");
+    assert!(
+        code == 200 && head.contains("Content-Type: image/png"),
+        "{head}"
+    );
+    assert_eq!(bytes, std::fs::read(&shown).unwrap());
+    let beside = photos.join("not-indexed.png");
+    std::fs::copy(&shown, &beside).unwrap();
+    for path in [beside.to_str().unwrap(), "/etc/passwd", "../../etc/passwd"] {
+        let (code, answer) = server.get(&format!("/file?path={}", percent_encoded(path)));
+        assert_eq!(code, 404, "{path}: {answer}");
+    }
+    std::fs::remove_file(&beside).unwrap();
+    assert_eq!(server.get("/file").0, 400);
+    assert_eq!(server.raw(&format!("POST {target} HTTP/1.1"), b"").0, 405);
+
     let (code, answer) = server.get("/similar?path=/nowhere.png");
     assert_eq!(code, 400);
     assert!(

@@ -21,6 +21,10 @@
 //!   texts only; `model` is the server's, as the index records it).
 //! - `GET /status` — `{"model", "dim", "preprocess", "precision", "images", "vectors", "graph",
 //!   "exact_vectors", "query_cache": {"texts", "hits"}}`.
+//! - `GET /file?path=/photos/cat.jpg` — an indexed photo's file, as it is on disk now (404 for
+//!   any path the index does not hold: the server shows no other file).
+//! - `GET /` — a search page for a browser ([`PAGE`]): a search box, a photo dropped on it
+//!   searches by that photo, results come as a grid of photos, a click shows more like one.
 //!
 //! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q` or
 //! `text`, an empty one, a bad `k`, `offset` or `min_score`, a relative `under`, an image that
@@ -154,28 +158,101 @@ impl Server {
                 )
             })
         });
-        let (status, body) = match result {
-            Ok(body) => (200, body),
-            Err(Failure(status, message)) => (status, json!({ "error": message }).to_string()),
+        let error = |Failure(status, message)| (status, JSON, json!({ "error": message }));
+        let (status, kind, body) = match result {
+            Ok(Reply::Json(body)) => (200, JSON, body.into_bytes()),
+            Ok(Reply::Page) => (200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec()),
+            Ok(Reply::File(path, kind)) => match std::fs::File::open(&path) {
+                Ok(file) => {
+                    // Streamed: a photo need not fit in memory twice.
+                    let _ = write_response(&mut stream, 200, kind, file);
+                    return finish(stream);
+                }
+                Err(e) => {
+                    let (status, kind, body) =
+                        error(Failure(404, format!("{}: {e}", path.display())));
+                    (status, kind, body.to_string().into_bytes())
+                }
+            },
+            Err(failure) => {
+                let (status, kind, body) = error(failure);
+                (status, kind, body.to_string().into_bytes())
+            }
         };
         // The client may have gone; nothing to tell it then.
-        let _ = write_response(&mut stream, status, &body);
-        // Read what the client still sends (a body the server refused) until it closes, for at
-        // most a second, so that closing does not reset the connection before the client has read
-        // the answer.
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-        let until = Instant::now() + Duration::from_secs(1);
-        let mut scratch = [0u8; 16 << 10];
-        while Instant::now() < until {
-            match stream.read(&mut scratch) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        let _ = write_response(&mut stream, status, kind, &body[..]);
+        finish(stream);
     }
 
-    fn route(&self, req: &Request) -> Result<String, Failure> {
+    fn route(&self, req: &Request) -> Result<Reply, Failure> {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/") => Ok(Reply::Page),
+            ("GET", "/file") => {
+                let Some(path) = param(req, "path") else {
+                    return fail(400, "missing the photo: GET /file?path=/ABSOLUTE/PATH");
+                };
+                let path = Path::new(path);
+                let indexed =
+                    (self.searcher.read().unwrap_or_else(|e| e.into_inner())).contains(path);
+                if !indexed {
+                    // Only photos the index holds: the server shows no other file.
+                    return fail(404, format!("{} is not an indexed photo", path.display()));
+                }
+                Ok(Reply::File(path.to_path_buf(), content_type(path)))
+            }
+            (_, "/" | "/file") => fail(405, format!("use GET {}", req.path)),
+            _ => self.route_json(req).map(Reply::Json),
+        }
+    }
+}
+
+/// What a request is answered with.
+enum Reply {
+    Json(String),
+    /// The search page ([`PAGE`]).
+    Page,
+    /// An indexed photo, and its content type.
+    File(std::path::PathBuf, &'static str),
+}
+
+const JSON: &str = "application/json; charset=utf-8";
+
+/// The search page `GET /` answers: a search box, photo drops, results as a grid of photos
+/// (from `/file`), a click for more like one. It uses only the endpoints above.
+pub const PAGE: &str = include_str!("serve.html");
+
+/// A photo's content type, by its extension (the indexer takes files by extension too).
+fn content_type(path: &Path) -> &'static str {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
+    match ext.as_deref() {
+        Some("jpg" | "jpeg" | "jpe" | "jfif") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        Some("bmp") => "image/bmp",
+        Some("tif" | "tiff") => "image/tiff",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Closes the connection after an answer: reads what the client still sends (a body the server
+/// refused) until it closes, for at most a second, so that closing does not reset the connection
+/// before the client has read the answer.
+fn finish(mut stream: TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut scratch = [0u8; 16 << 10];
+    while Instant::now() < until {
+        match stream.read(&mut scratch) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+impl Server {
+    fn route_json(&self, req: &Request) -> Result<String, Failure> {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/search") => {
                 let page = Page::of(req)?;
@@ -212,7 +289,7 @@ impl Server {
             _ => fail(
                 404,
                 format!(
-                    "no such endpoint: {} (see GET /status, /search, /similar, /embed)",
+                    "no such endpoint: {} (see GET /status, /search, /similar, /embed, /file, /)",
                     req.path
                 ),
             ),
@@ -688,7 +765,14 @@ fn percent_decode(s: &str) -> Result<String, Failure> {
     String::from_utf8(out).map_err(|_| Failure(400, format!("the query {s:?} is not UTF-8")))
 }
 
-fn write_response(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
+/// Writes an answer: head, then `body` (read to its end; its length must be known first, so a
+/// file is measured before it is sent).
+fn write_response(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    mut body: impl Read + Len,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -701,14 +785,34 @@ fn write_response(stream: &mut TcpStream, status: u16, body: &str) -> std::io::R
         503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
+    let length = body.len()?;
     let mut out = BufWriter::new(stream);
     write!(
         out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {length}\r\nConnection: close\r\n\r\n"
     )?;
+    // No more than the length said, should a file have grown since it was measured (one that
+    // shrank ends early, and the client sees the connection close short of the length).
+    std::io::copy(&mut (&mut body).take(length), &mut out)?;
     out.flush()
+}
+
+/// A body's length in bytes, known before it is sent.
+trait Len {
+    fn len(&self) -> std::io::Result<u64>;
+}
+
+impl Len for &[u8] {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(<[u8]>::len(self) as u64)
+    }
+}
+
+impl Len for std::fs::File {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
 }
 
 #[cfg(test)]
