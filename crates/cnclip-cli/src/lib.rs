@@ -10,7 +10,8 @@
 //! - [`device`] parses `--device cpu|cuda|cuda:N`; [`ComputeArgs`] is the `--precision` /
 //!   `--device` pair all three binaries take.
 //! - [`bench`](mod@bench) backs the hidden `cnclip bench` used by `tools/bench_vs_reference.py`.
-//! - [`serve`] is `cnclip-search --serve ADDR`: the index and its model behind HTTP, in JSON.
+//! - [`serve`] is `cnclip-search --serve ADDR`: the index and its model behind HTTP, in JSON,
+//!   with a search page for browsers.
 
 #![deny(missing_docs)]
 
