@@ -907,6 +907,16 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
         assert_eq!(code, 404, "{path}: {answer}");
     }
     std::fs::remove_file(&beside).unwrap();
+    // An indexed photo replaced by a symlink to another file: not followed.
+    let secret = tmp.path().join("secret.txt");
+    std::fs::write(&secret, "not a photo").unwrap();
+    let saved = std::fs::read(&shown).unwrap();
+    std::fs::remove_file(&shown).unwrap();
+    std::os::unix::fs::symlink(&secret, &shown).unwrap();
+    assert_eq!(server.get(&target).0, 404);
+    std::fs::remove_file(&shown).unwrap();
+    std::fs::write(&shown, saved).unwrap();
+    assert_eq!(server.bytes(&format!("GET {target} HTTP/1.1"), b"").0, 200);
     assert_eq!(server.get("/file").0, 400);
     assert_eq!(server.raw(&format!("POST {target} HTTP/1.1"), b"").0, 405);
 

@@ -194,8 +194,11 @@ impl Server {
                 let path = Path::new(path);
                 let indexed =
                     (self.searcher.read().unwrap_or_else(|e| e.into_inner())).contains(path);
-                if !indexed {
-                    // Only photos the index holds: the server shows no other file.
+                // Only photos the index holds: the server shows no other file, also not through
+                // a symlink put since in an indexed photo's place (the index holds canonical
+                // paths, which a symlink's is not).
+                let canonical = std::fs::canonicalize(path).is_ok_and(|c| c == path);
+                if !indexed || !canonical {
                     return fail(404, format!("{} is not an indexed photo", path.display()));
                 }
                 Ok(Reply::File(path.to_path_buf(), content_type(path)))
