@@ -1531,3 +1531,55 @@ fn query_arithmetic_adds_and_subtracts_texts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("zero"), "{stderr}");
 }
+
+#[test]
+fn the_search_page_shows_thumbnails_upright() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let small = make_corpus(&photos, 1, 96).remove(0);
+    // Stored 96 × 64 with EXIF orientation 6: upright it is 64 × 96.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cnclip-model/tests/fixtures");
+    let sideways = photos.join("sideways.jpg");
+    std::fs::copy(fixtures.join("preprocess/exif_6.jpg"), &sideways).unwrap();
+    // A 3-MP photo: decoded at reduced scale for its thumbnail.
+    let big = photos.join("big.jpg");
+    picture(7, 2000, 1500).save(&big).unwrap();
+    let index = tmp.path().join("index");
+    build(&photos, &index, "vit_tiny.pt");
+    let server = Server::start(&index);
+    let mean = |img: &image::RgbImage| {
+        let sum: u64 = img
+            .pixels()
+            .map(|p| p.0.iter().map(|&c| c as u64).sum::<u64>())
+            .sum();
+        sum as f64 / (3 * img.width() * img.height()) as f64
+    };
+    for (photo, size) in [
+        (&small, (96, 72)),
+        (&sideways, (64, 96)),
+        (&big, (360, 270)),
+    ] {
+        let path = photo.canonicalize().unwrap();
+        let target = format!("/thumb?path={}", percent_encoded(path.to_str().unwrap()));
+        let (code, head, jpeg) = server.bytes(&format!("GET {target} HTTP/1.1"), b"");
+        assert!(
+            code == 200 && head.contains("Content-Type: image/jpeg"),
+            "{head}"
+        );
+        let thumb = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(thumb.dimensions(), size, "{}", photo.display());
+        let original = image::open(photo).unwrap().to_rgb8();
+        assert!(
+            (mean(&thumb) - mean(&original)).abs() < 4.0,
+            "{}",
+            photo.display()
+        );
+    }
+    // The page asks for thumbnails, and only indexed photos have them.
+    let (_, _, page) = server.bytes("GET / HTTP/1.1", b"");
+    assert!(String::from_utf8(page).unwrap().contains("'/thumb?path='"));
+    assert_eq!(server.get("/thumb?path=/etc/hostname").0, 404);
+    assert_eq!(server.get("/thumb").0, 400);
+}

@@ -22,7 +22,8 @@
 //! - `GET /status` — `{"model", "dim", "preprocess", "precision", "images", "vectors", "graph",
 //!   "exact_vectors", "query_cache": {"texts", "hits"}}`.
 //! - `GET /file?path=/photos/cat.jpg` — an indexed photo's file, as it is on disk now (404 for
-//!   any path the index does not hold: the server shows no other file).
+//!   any path the index does not hold: the server shows no other file); `GET /thumb?path=` — a
+//!   JPEG thumbnail of it, upright, its long side [`THUMB_SIDE`].
 //! - `GET /` — a search page for a browser ([`PAGE`]): a search box, a photo dropped on it
 //!   searches by that photo, results come as a grid of photos, a click shows more like one.
 //!
@@ -54,6 +55,7 @@ use std::time::{Duration, Instant};
 
 use cnclip_index::{Error, ImageEmbedder};
 use cnclip_model::model::l2_normalized;
+use cnclip_model::preprocess::JpegDecode;
 use cnclip_search::{Hit, QueryEncoder, Scope, Searcher};
 use serde_json::{json, Value};
 
@@ -162,6 +164,7 @@ impl Server {
         let (status, kind, body) = match result {
             Ok(Reply::Json(body)) => (200, JSON, body.into_bytes()),
             Ok(Reply::Page) => (200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec()),
+            Ok(Reply::Bytes(body, kind)) => (200, kind, body),
             Ok(Reply::File(path, kind)) => match std::fs::File::open(&path) {
                 Ok(file) => {
                     // Streamed: a photo need not fit in memory twice.
@@ -188,22 +191,17 @@ impl Server {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/") => Ok(Reply::Page),
             ("GET", "/file") => {
-                let Some(path) = param(req, "path") else {
-                    return fail(400, "missing the photo: GET /file?path=/ABSOLUTE/PATH");
-                };
-                let path = Path::new(path);
-                let indexed =
-                    (self.searcher.read().unwrap_or_else(|e| e.into_inner())).contains(path);
-                // Only photos the index holds: the server shows no other file, also not through
-                // a symlink put since in an indexed photo's place (the index holds canonical
-                // paths, which a symlink's is not).
-                let canonical = std::fs::canonicalize(path).is_ok_and(|c| c == path);
-                if !indexed || !canonical {
-                    return fail(404, format!("{} is not an indexed photo", path.display()));
-                }
-                Ok(Reply::File(path.to_path_buf(), content_type(path)))
+                let path = self.indexed_photo(req)?;
+                let kind = content_type(&path);
+                Ok(Reply::File(path, kind))
             }
-            (_, "/" | "/file") => fail(405, format!("use GET {}", req.path)),
+            ("GET", "/thumb") => {
+                let path = self.indexed_photo(req)?;
+                let _one_at_a_time = self.decoding.lock().unwrap_or_else(|e| e.into_inner());
+                let jpeg = thumbnail(&path).or_else(|e| fail(500, e))?;
+                Ok(Reply::Bytes(jpeg, "image/jpeg"))
+            }
+            (_, "/" | "/file" | "/thumb") => fail(405, format!("use GET {}", req.path)),
             _ => self.route_json(req).map(Reply::Json),
         }
     }
@@ -216,6 +214,36 @@ enum Reply {
     Page,
     /// An indexed photo, and its content type.
     File(std::path::PathBuf, &'static str),
+    /// Bytes of this content type.
+    Bytes(Vec<u8>, &'static str),
+}
+
+/// The long side of the thumbnails `/thumb` answers with (photos smaller than that keep their
+/// size): sharp in the search page's 180-pixel cells on a high-density screen.
+pub const THUMB_SIDE: u32 = 360;
+
+/// A JPEG thumbnail of the photo at `path`, upright (EXIF orientation applied), its long side
+/// [`THUMB_SIDE`]. Large JPEGs are decoded at reduced scale, as the indexer decodes them.
+fn thumbnail(path: &Path) -> Result<Vec<u8>, String> {
+    use cnclip_model::preprocess::{self, PreprocessOptions};
+    let opts = PreprocessOptions {
+        // Reduced decoding keeps both sides at least 3 × this: above the thumbnail's.
+        size: (THUMB_SIDE / 2) as usize,
+        jpeg_decode: JpegDecode::Scaled,
+        ..PreprocessOptions::default()
+    };
+    let img = preprocess::load_image(path, &opts).map_err(|e| e.to_string())?;
+    let r = img.reduction();
+    let (w, h) = (img.width() * r, img.height() * r);
+    let long = w.max(h).min(THUMB_SIDE);
+    let scale = |side: u32| ((side as u64 * long as u64) / w.max(h) as u64).max(1) as u32;
+    let (tw, th) = (scale(w), scale(h));
+    let rgb = preprocess::resize_rgb8_to(&img, tw as usize, th as usize);
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 82)
+        .encode(&rgb, tw, th, image::ExtendedColorType::Rgb8)
+        .map_err(|e| format!("cannot encode a thumbnail: {e}"))?;
+    Ok(jpeg)
 }
 
 const JSON: &str = "application/json; charset=utf-8";
@@ -255,6 +283,25 @@ fn finish(mut stream: TcpStream) {
 }
 
 impl Server {
+    /// The photo named by `path`, which must be one the index holds: the server shows no other
+    /// file, also not through a symlink put since in an indexed photo's place (the index holds
+    /// canonical paths, which a symlink's is not).
+    fn indexed_photo(&self, req: &Request) -> Result<std::path::PathBuf, Failure> {
+        let Some(path) = param(req, "path") else {
+            return fail(
+                400,
+                format!("missing the photo: GET {}?path=/ABSOLUTE/PATH", req.path),
+            );
+        };
+        let path = Path::new(path);
+        let indexed = (self.searcher.read().unwrap_or_else(|e| e.into_inner())).contains(path);
+        let canonical = std::fs::canonicalize(path).is_ok_and(|c| c == path);
+        if !indexed || !canonical {
+            return fail(404, format!("{} is not an indexed photo", path.display()));
+        }
+        Ok(path.to_path_buf())
+    }
+
     fn route_json(&self, req: &Request) -> Result<String, Failure> {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/search") => {
@@ -292,7 +339,8 @@ impl Server {
             _ => fail(
                 404,
                 format!(
-                    "no such endpoint: {} (see GET /status, /search, /similar, /embed, /file, /)",
+                    "no such endpoint: {} (see GET /status, /search, /similar, /embed, /file, \
+                     /thumb, /)",
                     req.path
                 ),
             ),
