@@ -1566,6 +1566,10 @@ fn the_search_page_shows_thumbnails_upright() {
             code == 200 && head.contains("Content-Type: image/jpeg"),
             "{head}"
         );
+        assert!(
+            head.contains("Cache-Control: private, max-age=600"),
+            "{head}"
+        );
         let thumb = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
             .unwrap()
             .to_rgb8();
@@ -1577,8 +1581,12 @@ fn the_search_page_shows_thumbnails_upright() {
             photo.display()
         );
     }
-    // The page asks for thumbnails, and only indexed photos have them.
-    let (_, _, page) = server.bytes("GET / HTTP/1.1", b"");
+    // The page asks for thumbnails, and only indexed photos have them; answers that may change
+    // are not to be kept.
+    let (_, head, page) = server.bytes("GET / HTTP/1.1", b"");
+    assert!(!head.contains("Cache-Control"), "{head}");
+    let (_, head, _) = server.bytes("GET /status HTTP/1.1", b"");
+    assert!(!head.contains("Cache-Control"), "{head}");
     assert!(String::from_utf8(page).unwrap().contains("'/thumb?path='"));
     assert_eq!(server.get("/thumb?path=/etc/hostname").0, 404);
     assert_eq!(server.get("/thumb").0, 400);

@@ -89,6 +89,8 @@ struct Server {
     /// Held while a query image is decoded (one at a time, apart from the model: a text query
     /// need not wait for a decode, and the pixels of one photo are in memory at a time).
     decoding: Mutex<()>,
+    /// Thumbnails made at once ([`THUMB_WORKERS`]): a page of results fills on every core.
+    thumbs: Permits,
     /// Set when the index was rebuilt with another model: its vectors cannot be compared with
     /// this model's queries, so searches are refused until the server restarts with that model.
     other_model: Mutex<Option<String>>,
@@ -105,6 +107,7 @@ pub fn serve(listener: TcpListener, searcher: Searcher, engine: ClipEngine) -> !
         encoding: Mutex::new(()),
         text_cache: Mutex::new(TextCache::default()),
         decoding: Mutex::new(()),
+        thumbs: Permits::new(THUMB_WORKERS),
         other_model: Mutex::new(None),
         refresh_failure: Mutex::new(None),
     };
@@ -168,7 +171,7 @@ impl Server {
             Ok(Reply::File(path, kind)) => match std::fs::File::open(&path) {
                 Ok(file) => {
                     // Streamed: a photo need not fit in memory twice.
-                    let _ = write_response(&mut stream, 200, kind, file);
+                    let _ = write_response(&mut stream, 200, kind, CACHE_PHOTOS, file);
                     return finish(stream);
                 }
                 Err(e) => {
@@ -182,8 +185,14 @@ impl Server {
                 (status, kind, body.to_string().into_bytes())
             }
         };
+        // Thumbnails may be kept a while (a page of "more like this" shows many again).
+        let cache = if status == 200 && kind.starts_with("image/") {
+            CACHE_PHOTOS
+        } else {
+            ""
+        };
         // The client may have gone; nothing to tell it then.
-        let _ = write_response(&mut stream, status, kind, &body[..]);
+        let _ = write_response(&mut stream, status, kind, cache, &body[..]);
         finish(stream);
     }
 
@@ -197,7 +206,7 @@ impl Server {
             }
             ("GET", "/thumb") => {
                 let path = self.indexed_photo(req)?;
-                let _one_at_a_time = self.decoding.lock().unwrap_or_else(|e| e.into_inner());
+                let _permit = self.thumbs.take();
                 let jpeg = thumbnail(&path).or_else(|e| fail(500, e))?;
                 Ok(Reply::Bytes(jpeg, "image/jpeg"))
             }
@@ -216,6 +225,44 @@ enum Reply {
     File(std::path::PathBuf, &'static str),
     /// Bytes of this content type.
     Bytes(Vec<u8>, &'static str),
+}
+
+/// Thumbnails made at once. Two: the build machines' cores (a NAS has no more), and a bound on
+/// memory, as a photo without a reduced decode (a huge PNG) is decoded whole.
+pub const THUMB_WORKERS: usize = 2;
+
+/// A counting semaphore: at most `n` holders at once.
+struct Permits {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// Gives its permit back when dropped.
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    fn new(n: usize) -> Permits {
+        Permits {
+            free: Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn take(&self) -> Permit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// The long side of the thumbnails `/thumb` answers with (photos smaller than that keep their
@@ -247,6 +294,9 @@ fn thumbnail(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 const JSON: &str = "application/json; charset=utf-8";
+/// Photos and thumbnails may be reused by the browser for ten minutes (a photo changed since
+/// shows anew after that, or on a reload).
+const CACHE_PHOTOS: &str = "Cache-Control: private, max-age=600\r\n";
 
 /// The search page `GET /` answers: a search box, photo drops, results as a grid of photos
 /// (from `/file`), a click for more like one. It uses only the endpoints above.
@@ -822,6 +872,7 @@ fn write_response(
     stream: &mut TcpStream,
     status: u16,
     content_type: &str,
+    headers: &str,
     mut body: impl Read + Len,
 ) -> std::io::Result<()> {
     let reason = match status {
@@ -840,7 +891,7 @@ fn write_response(
     let mut out = BufWriter::new(stream);
     write!(
         out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{headers}\
          Content-Length: {length}\r\nConnection: close\r\n\r\n"
     )?;
     // No more than the length said, should a file have grown since it was measured (one that
@@ -930,6 +981,26 @@ mod tests {
         drop(client);
         let cut = read_request(&mut server, Instant::now() + Duration::from_secs(10));
         assert_eq!(cut.unwrap_err().0, 400);
+    }
+
+    #[test]
+    fn permits_bound_the_holders_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let permits = Permits::new(2);
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    let _permit = permits.take();
+                    let held = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(held, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    now.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert_eq!(*permits.free.lock().unwrap(), 2);
     }
 
     #[test]
