@@ -752,12 +752,12 @@ impl Server {
     }
 
     fn get(&self, target: &str) -> (u16, Value) {
-        self.raw(&format!("GET {target} HTTP/1.1\r\nHost: test"), b"")
+        self.raw(&format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1"), b"")
     }
 
     fn post(&self, target: &str, body: &[u8]) -> (u16, Value) {
         let head = format!(
-            "POST {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {}",
+            "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}",
             body.len()
         );
         self.raw(&head, body)
@@ -883,6 +883,17 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
             assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-6);
         }
         assert_eq!(answer["hits"].as_array().unwrap().len(), 3);
+    }
+    // A server on a loopback address answers requests for localhost only: a web page that
+    // points a name of its own at 127.0.0.1 cannot read photos through a visitor's browser.
+    for (host, code) in [
+        ("evil.example", 403),
+        ("evil.example:80", 403),
+        ("localhost", 200),
+        ("[::1]:7860", 200),
+    ] {
+        let (got, answer) = server.raw(&format!("GET /status HTTP/1.1\r\nHost: {host}"), b"");
+        assert_eq!(got, code, "{host}: {answer}");
     }
     // The search page, and the indexed photos it shows (no other file).
     let (code, head, page) = server.bytes("GET / HTTP/1.1", b"");

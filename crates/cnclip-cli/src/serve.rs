@@ -29,12 +29,13 @@
 //!
 //! Failures answer `{"error": "…"}`: 400 for a query that cannot be answered as given (no `q` or
 //! `text`, an empty one, a bad `k`, `offset` or `min_score`, a relative `under`, an image that
-//! does not decode, a `path` not in the index), 404 and 405 for other paths and methods, 408 when
-//! a request does not arrive whole within [`READ_TIMEOUT`], 411 for a body without a length, 413
-//! for one over [`MAX_BODY`], 431 for headers over [`MAX_HEAD`], 500 when the index cannot be
-//! read, and 503 once the index has been rebuilt with another model than the server's (its
-//! vectors and the server's queries are not comparable: restart the server; `/embed` still
-//! answers, with the server's model).
+//! does not decode, a `path` not in the index), 403 for a `Host` that is not the loopback's on a
+//! loopback address, 404 and 405 for other paths and methods, 408 when a request does not arrive
+//! whole within [`READ_TIMEOUT`], 411 for a body without a length, 413 for one over
+//! [`MAX_BODY`], 431 for headers over [`MAX_HEAD`], 500 when the index cannot be read, and 503
+//! once the index has been rebuilt with another model than the server's (its vectors and the
+//! server's queries are not comparable: restart the server; `/embed` still answers, with the
+//! server's model).
 //!
 //! The index is read as `cnclip-search` reads it, without its lock, so a build can run beside the
 //! server: every second a refresher picks up the batches it committed, and when a new graph
@@ -43,7 +44,10 @@
 //! connections, one request each (`Connection: close`); searches run side by side, while queries
 //! are encoded one at a time, since the model already spreads one query over every core, and
 //! query images are decoded one at a time beside that. There is no authentication: bind to a
-//! loopback address (as the README does) unless something in front decides who may ask.
+//! loopback address (as the README does) unless something in front decides who may ask. On a
+//! loopback address the server answers only requests whose `Host` names the loopback (403
+//! otherwise): a web page from elsewhere pointing a name of its own at 127.0.0.1 ("DNS
+//! rebinding") cannot read the answers, or the photos, through a visitor's browser.
 
 use std::collections::HashMap;
 use std::io::{BufWriter, ErrorKind, Read, Write};
@@ -81,6 +85,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// What the workers share.
 struct Server {
+    /// Listening on a loopback address: only requests naming a loopback host are answered.
+    loopback: bool,
     searcher: RwLock<Searcher>,
     engine: ClipEngine,
     /// Held while a query is encoded (one at a time).
@@ -102,6 +108,7 @@ struct Server {
 /// model (the caller checks).
 pub fn serve(listener: TcpListener, searcher: Searcher, engine: ClipEngine) -> ! {
     let server = Server {
+        loopback: listener.local_addr().is_ok_and(|a| a.ip().is_loopback()),
         searcher: RwLock::new(searcher),
         engine,
         encoding: Mutex::new(()),
@@ -140,6 +147,8 @@ struct Request {
     path: String,
     query: Vec<(String, String)>,
     body: Vec<u8>,
+    /// The `Host` header, if any.
+    host: Option<String>,
 }
 
 /// An answer that is not 200: its status and message.
@@ -155,6 +164,20 @@ impl Server {
         let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
         let deadline = Instant::now() + READ_TIMEOUT;
         let result = read_request(&mut stream, deadline).and_then(|req| {
+            if let Some(host) = req
+                .host
+                .as_deref()
+                .filter(|h| self.loopback && !loopback(h))
+            {
+                return fail(
+                    403,
+                    format!(
+                        "this server listens on a loopback address and answers requests for \
+                         localhost only, not for {host:?} (to serve other machines, listen on \
+                         their network: --serve 0.0.0.0:PORT)"
+                    ),
+                );
+            }
             // A bug met on some query must cost that query, not the server.
             catch_unwind(AssertUnwindSafe(|| self.route(&req))).unwrap_or_else(|_| {
                 fail(
@@ -750,6 +773,7 @@ fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request, Fa
     }
     let mut length: Option<u64> = None;
     let mut expect_continue = false;
+    let mut host = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return fail(400, format!("not a header: {line:?}"));
@@ -763,6 +787,8 @@ fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request, Fa
                 return fail(400, "two different Content-Lengths");
             }
             length = Some(n);
+        } else if name.eq_ignore_ascii_case("host") {
+            host = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return fail(411, "send the body with a Content-Length, not chunked");
         } else if name.eq_ignore_ascii_case("expect") && value.eq_ignore_ascii_case("100-continue")
@@ -801,6 +827,7 @@ fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request, Fa
         path: path.to_owned(),
         query,
         body,
+        host,
     })
 }
 
@@ -830,6 +857,21 @@ fn read_before(
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Whether a `Host` header names this machine's loopback ("localhost", "127.0.0.1:7860",
+/// "[::1]:7860"). A server on a loopback address answers no other: a web page from elsewhere that
+/// points a name of its own at 127.0.0.1 ("DNS rebinding") could otherwise read its answers, and
+/// the photos, through the browser of the person whose photos they are.
+fn loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `a=1&b=x+y%21` → `[("a", "1"), ("b", "x y!")]`: form encoding, UTF-8.
@@ -878,6 +920,7 @@ fn write_response(
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -981,6 +1024,32 @@ mod tests {
         drop(client);
         let cut = read_request(&mut server, Instant::now() + Duration::from_secs(10));
         assert_eq!(cut.unwrap_err().0, 400);
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_loopback() {
+        for host in [
+            "localhost",
+            "LOCALHOST:7860",
+            "127.0.0.1",
+            "127.0.0.1:7860",
+            "127.9.9.9:1",
+        ] {
+            assert!(loopback(host), "{host}");
+        }
+        for host in ["[::1]:7860", "[::1]"] {
+            assert!(loopback(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:7860",
+            "10.0.0.2:7860",
+            "[::2]:7860",
+            "",
+            ":80",
+        ] {
+            assert!(!loopback(host), "{host}");
+        }
     }
 
     #[test]
