@@ -902,7 +902,7 @@ fn serve_answers_as_the_cli_does_and_sees_what_builds_add() {
         code == 200 && head.contains("Content-Type: text/html"),
         "{head}"
     );
-    assert!(page.contains("<input") && page.contains("/search?k=60&q="));
+    assert!(page.contains("<input") && page.contains("'/search?k=60' + under"));
     let shown = files[3].canonicalize().unwrap();
     let target = format!("/file?path={}", percent_encoded(shown.to_str().unwrap()));
     let (code, head, bytes) = server.bytes(&format!("GET {target} HTTP/1.1"), b"");

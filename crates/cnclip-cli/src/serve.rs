@@ -186,27 +186,23 @@ impl Server {
                 )
             })
         });
-        let error = |Failure(status, message)| (status, JSON, json!({ "error": message }));
+        let error = |Failure(status, message)| {
+            let body = json!({ "error": message }).to_string();
+            (status, JSON, body.into_bytes())
+        };
         let (status, kind, body) = match result {
             Ok(Reply::Json(body)) => (200, JSON, body.into_bytes()),
             Ok(Reply::Page) => (200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec()),
             Ok(Reply::Bytes(body, kind)) => (200, kind, body),
             Ok(Reply::File(path, kind)) => match std::fs::File::open(&path) {
                 Ok(file) => {
-                    // Streamed: a photo need not fit in memory twice.
+                    // Streamed: a photo is never read into memory whole.
                     let _ = write_response(&mut stream, 200, kind, CACHE_PHOTOS, file);
                     return finish(stream);
                 }
-                Err(e) => {
-                    let (status, kind, body) =
-                        error(Failure(404, format!("{}: {e}", path.display())));
-                    (status, kind, body.to_string().into_bytes())
-                }
+                Err(e) => error(Failure(404, format!("{}: {e}", path.display()))),
             },
-            Err(failure) => {
-                let (status, kind, body) = error(failure);
-                (status, kind, body.to_string().into_bytes())
-            }
+            Err(failure) => error(failure),
         };
         // Thumbnails may be kept a while (a page of "more like this" shows many again).
         let cache = if status == 200 && kind.starts_with("image/") {
