@@ -166,6 +166,14 @@ pub fn as_indexed(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> 
     Ok(std::fs::canonicalize(path).or_else(|_| std::path::absolute(path))?)
 }
 
+/// A cosine given as text (`--min-score`, `min_score=`): a number from -1 to 1.
+pub fn parse_cosine(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if (-1.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("a cosine is a number from -1 to 1, not {s:?}")),
+    }
+}
+
 /// Prints `error: …` with the whole cause chain and returns the failure exit code.
 pub fn print_error(err: &anyhow::Error) -> ExitCode {
     eprintln!("error: {err:#}");

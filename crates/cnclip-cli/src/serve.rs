@@ -628,18 +628,9 @@ impl Page {
         if k + offset > MAX_K {
             return fail(400, format!("offset + k must be at most {MAX_K}"));
         }
-        let min_score = match param(req, "min_score") {
-            None => None,
-            Some(v) => match v.parse::<f32>() {
-                Ok(x) if (-1.0..=1.0).contains(&x) => Some(x),
-                _ => {
-                    return fail(
-                        400,
-                        format!("min_score is a cosine, from -1 to 1, not {v:?}"),
-                    )
-                }
-            },
-        };
+        let min_score = (param(req, "min_score").map(crate::parse_cosine))
+            .transpose()
+            .map_err(|e| Failure(400, format!("min_score: {e}")))?;
         Ok(Page {
             k,
             offset,
@@ -726,7 +717,7 @@ fn scope_of(req: &Request) -> Result<Scope, Failure> {
         if !dir.is_absolute() {
             return fail(400, format!("under must be an absolute path, not {dir:?}"));
         }
-        under.push(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
+        under.push(crate::as_indexed(dir).map_err(|e| Failure(400, e.to_string()))?);
     }
     Ok(if under.is_empty() {
         Scope::all()

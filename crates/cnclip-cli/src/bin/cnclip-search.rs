@@ -77,7 +77,7 @@ struct Cli {
         value_name = "SCORE",
         conflicts_with = "serve",
         allow_negative_numbers = true,
-        value_parser = cosine
+        value_parser = cnclip_cli::parse_cosine
     )]
     min_score: Option<f32>,
     /// One line per hit: {"rank", "score" (cosine), "path" (absolute)}.
@@ -238,14 +238,6 @@ fn encode_text(engine: &ClipEngine, text: &str) -> Result<Vec<f32>> {
         return Err(Error::EmptyQuery.into());
     }
     Ok(engine.encode_text(text).map_err(Error::Embed)?)
-}
-
-/// A cosine, from -1 to 1.
-fn cosine(s: &str) -> std::result::Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(x) if (-1.0..=1.0).contains(&x) => Ok(x),
-        _ => Err("a cosine is a number from -1 to 1".into()),
-    }
 }
 
 /// Prints the hits that score at least `--min-score`.
